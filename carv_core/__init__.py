@@ -1,0 +1,77 @@
+"""carv_core: the numpy reference for compute-aware variance reduction (CARV).
+
+One module per concept: :mod:`~carv_core.schedules`, :mod:`~carv_core.weighting`,
+:mod:`~carv_core.distributions`, :mod:`~carv_core.proposals`,
+:mod:`~carv_core.sampling`, :mod:`~carv_core.estimator`,
+:mod:`~carv_core.allocation`, and the public test kit :mod:`carv_core.testing`.
+Never imports torch.
+"""
+
+from .allocation import (
+    Allocation,
+    Prediction,
+    best_allocation,
+    cost,
+    ecm,
+    k_star,
+    optimal_k,
+    predict,
+    predicted_variance,
+    relative_efficiency,
+    reuse_ceiling,
+)
+from .distributions import PiecewiseDensity, pmf, tabulate_density, uniform_timesteps
+from .estimator import (
+    HierarchicalEstimate,
+    VarianceComponents,
+    Welford,
+    hierarchical_estimate,
+    variance_components,
+)
+from .proposals import (
+    AdaptiveProposal,
+    defensive_mixture,
+    importance_weights,
+    oracle_proposal,
+    weight_heuristic,
+)
+from .sampling import (
+    DESIGNS,
+    InverseCDFSampler,
+    TimestepDraw,
+    cdf_from_pmf,
+    continuous_from_uniforms,
+    draw_uniforms,
+    gaussian_noise,
+    inverse_cdf,
+    stratify,
+    stratum_pmfs,
+    timesteps_from_uniforms,
+)
+from .schedules import (
+    BETA_SCHEDULES,
+    ContinuousSchedule,
+    DiscreteSchedule,
+    continuous_schedule,
+    make_betas,
+    make_schedule,
+)
+from .weighting import WEIGHTINGS, sds_weight, weighting
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
+    "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
+    "PiecewiseDensity", "pmf", "tabulate_density", "uniform_timesteps",
+    "HierarchicalEstimate", "VarianceComponents", "Welford", "hierarchical_estimate",
+    "variance_components",
+    "AdaptiveProposal", "defensive_mixture", "importance_weights", "oracle_proposal",
+    "weight_heuristic",
+    "DESIGNS", "InverseCDFSampler", "TimestepDraw", "cdf_from_pmf", "continuous_from_uniforms",
+    "draw_uniforms", "gaussian_noise", "inverse_cdf", "stratify", "stratum_pmfs",
+    "timesteps_from_uniforms",
+    "BETA_SCHEDULES", "ContinuousSchedule", "DiscreteSchedule", "continuous_schedule",
+    "make_betas", "make_schedule",
+    "WEIGHTINGS", "sds_weight", "weighting",
+]

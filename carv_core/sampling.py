@@ -1,0 +1,259 @@
+r"""Timestep sampling as pure transforms of uniforms.
+
+Every sampler is split in two (design.md §4):
+
+1. a *uniform design* draws $u \in [0,1)^{R\times K}$ (the only random step);
+2. a *pure transform* maps $u$ to timesteps and weights,
+   $t = F_q^{-1}(u)$, $\tilde w = p(t)/q(t)$.
+
+Designs, for $R$ upstream samples with $K$ inner draws each:
+
+| design | $u_{rk}$ |
+|---|---|
+| ``iid`` | independent $U[0,1)$ |
+| ``stratified`` | $(k + \xi_{rk})/K$: one jittered point per equal-$q$-mass stratum, per upstream sample |
+| ``global`` | $(rK + k + \xi_{rk})/(RK)$: strata across the whole batch (use when $K = 1$) |
+| ``systematic`` | $(k + \xi_r)/K$: one shared shift per upstream sample |
+| ``sobol`` | $K$ points of a scrambled Sobol sequence per upstream sample (randomized QMC) |
+
+All $\xi \sim U[0,1)$ independent. Each $u_{rk}$ is marginally $U$ over a
+stratum, and the strata of a row cover $[0,1)$ with equal mass, so every
+design is unbiased.
+
+Discrete inverse CDF: $F^{-1}(u) = \min\{j : F(j) > u\}$. Stratum $b$ of $B$
+lands on $j$ with probability $B\,\big|[\tfrac bB, \tfrac{b+1}B) \cap [F(j-1), F(j))\big|$
+(:func:`stratum_pmfs`), which makes every discrete sampler's moments exactly
+computable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from scipy.stats import qmc
+
+from ._validation import as_float_array, as_int, as_pmf, as_unit_interval, check_support, rng_from
+from .distributions import PiecewiseDensity
+from .proposals import importance_weights
+
+__all__ = [
+    "DESIGNS",
+    "TimestepDraw",
+    "cdf_from_pmf",
+    "inverse_cdf",
+    "stratum_pmfs",
+    "stratify",
+    "draw_uniforms",
+    "timesteps_from_uniforms",
+    "continuous_from_uniforms",
+    "InverseCDFSampler",
+    "gaussian_noise",
+]
+
+DESIGNS = ("iid", "stratified", "global", "systematic", "sobol")
+
+
+class TimestepDraw(NamedTuple):
+    """Timesteps and their importance weights, both of shape ``(R, K)``."""
+
+    t: np.ndarray
+    w: np.ndarray
+
+
+def cdf_from_pmf(q) -> np.ndarray:
+    r"""$F(j) = \sum_{i \le j} q(i)$, shape ``(T,)``."""
+    return np.cumsum(as_pmf("q", q))
+
+
+def _inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    # 1. Scale u by the total so a last CDF entry below 1 (rounding) is harmless.
+    # 2. min{j : F(j) > u} is searchsorted(side="right"): a zero-mass j has
+    #    F(j) = F(j-1), so j-1 is found first and j is never returned.
+    # 3. u -> 1^- can still round onto F(T-1); clip to the last index with mass.
+    total = cdf[-1]
+    idx = np.searchsorted(cdf, u * total, side="right")
+    last = int(np.searchsorted(cdf, total, side="left"))
+    return np.minimum(idx, last)
+
+
+def inverse_cdf(cdf, u) -> np.ndarray:
+    r"""Discrete $F^{-1}(u) = \min\{j : F(j) > u\}$, elementwise over ``u``.
+
+    Never returns an index of zero mass; handles $u \to 1^-$ and a last CDF
+    entry slightly below 1.
+
+    Args:
+        cdf: non-decreasing, shape ``(T,)``, last entry > 0 (scaled to 1).
+        u: uniforms in $[0, 1)$, any shape.
+
+    Example:
+        >>> inverse_cdf([0.25, 0.25, 1.0], [0.0, 0.2, 0.25, 0.99]).tolist()
+        [0, 0, 2, 2]
+    """
+    cdf = as_float_array("cdf", cdf, ndim=1)
+    if np.any(np.diff(cdf) < 0) or cdf[0] < 0:
+        raise ValueError("cdf must be non-negative and non-decreasing")
+    if not cdf[-1] > 0:
+        raise ValueError(f"cdf must end above 0, got cdf[-1] = {cdf[-1]}")
+    return _inverse_cdf(cdf, as_unit_interval("u", u))
+
+
+def stratum_pmfs(q, B: int) -> np.ndarray:
+    r"""$P(t_b = j) = B\,\big|[\tfrac bB, \tfrac{b+1}B) \cap [F(j-1), F(j))\big|$, shape ``(B, T)``.
+
+    Row $b$ is the law of the stratified draw in stratum $b$; the rows average to $q$.
+
+    Example:
+        >>> stratum_pmfs([0.5, 0.25, 0.25], 2).tolist()
+        [[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]
+    """
+    cdf = cdf_from_pmf(q)
+    B = as_int("B", B, minimum=1)
+    lo_t = np.concatenate([[0.0], cdf[:-1]])[None, :]
+    hi_t = cdf[None, :]
+    b = np.arange(B)[:, None]
+    lo_s, hi_s = b / B, (b + 1) / B
+    return B * np.clip(np.minimum(hi_s, hi_t) - np.maximum(lo_s, lo_t), 0.0, None)
+
+
+def stratify(xi, offset) -> np.ndarray:
+    r"""$u = (\text{offset} + \xi)/B$ along the last axis of length $B$: the pure stratification map."""
+    xi = np.asarray(xi, dtype=np.float64)
+    B = xi.shape[-1]
+    return (np.asarray(offset, dtype=np.float64) + xi) / B
+
+
+def draw_uniforms(design: str, R: int, K: int, rng=None) -> np.ndarray:
+    r"""Draw $u$ of shape ``(R, K)`` under a uniform design (see the module table).
+
+    Args:
+        design: one of :data:`DESIGNS`.
+        R, K: upstream samples and inner draws per upstream sample.
+        rng: numpy ``Generator``, seed or ``None``.
+
+    Example:
+        >>> u = draw_uniforms("stratified", 2, 4, rng=0)
+        >>> (np.floor(u * 4) == np.arange(4)).all()
+        np.True_
+    """
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    R = as_int("R", R, minimum=1)
+    K = as_int("K", K, minimum=1)
+    rng = rng_from(rng)
+    if design == "iid":
+        return rng.random((R, K))
+    if design == "stratified":
+        return stratify(rng.random((R, K)), np.arange(K))
+    if design == "global":
+        return stratify(rng.random(R * K), np.arange(R * K)).reshape(R, K)
+    if design == "systematic":
+        return stratify(np.broadcast_to(rng.random((R, 1)), (R, K)), np.arange(K))
+    if K & (K - 1):
+        warnings.warn(
+            f"K = {K} is not a power of 2: a scrambled Sobol prefix of that length loses "
+            "its balance properties (scipy.stats.qmc). Prefer K in {1, 2, 4, 8, ...}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    rows = []
+    for child in rng.spawn(R):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            rows.append(qmc.Sobol(d=1, scramble=True, rng=child).random(K)[:, 0])
+    return np.stack(rows)
+
+
+def timesteps_from_uniforms(u, p, q) -> TimestepDraw:
+    r"""The pure transform $t = F_q^{-1}(u)$, $\tilde w = p(t)/q(t)$.
+
+    Args:
+        u: uniforms in $[0,1)$, any shape (typically ``(R, K)``).
+        p: target pmf, shape ``(T,)``.
+        q: proposal pmf, shape ``(T,)``, positive wherever ``p`` is.
+
+    Example:
+        >>> timesteps_from_uniforms([[0.1, 0.9]], [0.5, 0.5], [0.25, 0.75])
+        TimestepDraw(t=array([[0, 1]]), w=array([[2.        , 0.66666667]]))
+    """
+    u = as_unit_interval("u", u)
+    weights = importance_weights(p, q)
+    t = _inverse_cdf(np.cumsum(as_pmf("q", q)), u)
+    return TimestepDraw(t, weights[t])
+
+
+def continuous_from_uniforms(u, p: PiecewiseDensity, q: PiecewiseDensity) -> TimestepDraw:
+    r"""Continuous $t = F_q^{-1}(u)$ for piecewise-constant densities on shared bins.
+
+    The bin is the discrete inverse CDF of $q$'s masses; the position inside it
+    is the leftover fraction, $t = e_i + (u - F(i-1))/q_i \cdot (e_{i+1} - e_i)$.
+    The weight is $p(t)/q(t) = p_i/q_i$.
+    """
+    if not isinstance(p, PiecewiseDensity) or not isinstance(q, PiecewiseDensity):
+        raise TypeError("p and q must be PiecewiseDensity instances")
+    if not np.array_equal(p.edges, q.edges):
+        raise ValueError("p and q must share the same bin edges")
+    u = as_unit_interval("u", u)
+    check_support(p.masses, q.masses, p_name="p.masses", q_name="q.masses")
+    cdf = np.cumsum(q.masses)
+    i = _inverse_cdf(cdf, u)
+    below = np.concatenate([[0.0], cdf[:-1]])[i]
+    frac = np.clip((u * cdf[-1] - below) / q.masses[i], 0.0, np.nextafter(1.0, 0.0))
+    t = q.edges[i] + frac * q.widths[i]
+    return TimestepDraw(t, p.masses[i] / q.masses[i])
+
+
+@dataclass(frozen=True)
+class InverseCDFSampler:
+    r"""The standard sampler: a uniform ``design`` followed by $t = F_q^{-1}(u)$, $\tilde w = p/q$.
+
+    This is the protocol :mod:`carv_core.testing` checks: a ``design`` name and a
+    pure, elementwise ``transform(u) -> TimestepDraw``. Call it to draw.
+
+    Example:
+        >>> s = InverseCDFSampler(p=np.full(4, 0.25), q=np.full(4, 0.25), design="stratified")
+        >>> s(R=1, K=4, rng=0).t.tolist()
+        [[0, 1, 2, 3]]
+    """
+
+    p: np.ndarray
+    q: np.ndarray
+    design: str = "iid"
+
+    def __post_init__(self):
+        p, q = as_pmf("p", self.p), as_pmf("q", self.q)
+        check_support(p, q)
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        object.__setattr__(self, "p", p)
+        object.__setattr__(self, "q", q)
+
+    def transform(self, u) -> TimestepDraw:
+        """The pure transform (see :func:`timesteps_from_uniforms`)."""
+        return timesteps_from_uniforms(u, self.p, self.q)
+
+    def __call__(self, R: int, K: int, rng=None) -> TimestepDraw:
+        """Draw ``(R, K)`` timesteps and weights."""
+        return self.transform(draw_uniforms(self.design, R, K, rng))
+
+
+def gaussian_noise(shape, K: int, rng=None, antithetic: bool = False, R: int = 1) -> np.ndarray:
+    r"""$\epsilon_{rk} \sim \mathcal N(0, I)$ of shape ``(R, K, *shape)``.
+
+    With ``antithetic=True`` draws come in pairs $(\epsilon, -\epsilon)$ along $K$
+    (``K`` must be even); each draw is still marginally $\mathcal N(0, I)$.
+    """
+    K = as_int("K", K, minimum=1)
+    R = as_int("R", R, minimum=1)
+    shape = tuple(as_int("shape", s, minimum=1) for s in shape)
+    rng = rng_from(rng)
+    if not antithetic:
+        return rng.standard_normal((R, K, *shape))
+    if K % 2:
+        raise ValueError(f"K must be even for antithetic noise, got K = {K}")
+    half = rng.standard_normal((R, K // 2, *shape))
+    return np.stack([half, -half], axis=2).reshape(R, K, *shape)
+
