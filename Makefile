@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.carv-installed
-# CPU build of torch, pinned (on local disk here). GPU users: see README.
+# CPU build of torch, pinned (on local disk here), installed only when the venv has no
+# torch: GPU users put their own CUDA torch in .venv first and it is kept (see README).
 TORCH_CPU ?= torch==2.13.0
 
 .PHONY: test demo venv docs serve clean
@@ -13,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_CPU)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)"
 	$(PY) -m pip install -q -e ".[torch,dev,docs]"
 	touch $(STAMP)
 

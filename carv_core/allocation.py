@@ -180,7 +180,7 @@ def predict(R: int, K: int, c_u: float, c_d: float, sigma_b2: float, sigma_w2: f
 
     Example:
         >>> predict(1, 8, c_u=8.0, c_d=1.0, sigma_b2=1.0, sigma_w2=8.0).ecm
-        2.25
+        2.53125
     """
     v = predicted_variance(R, K, sigma_b2, sigma_w2)
     c = cost(R, K, c_u, c_d)

@@ -118,7 +118,7 @@ class AdaptiveProposal:
 
     Args:
         p: target pmf, shape ``(T,)``.
-        n_bins: number of bins (at most the support size of ``p``).
+        n_bins: number of bins, at most ``len(p)``; ``None`` for ``min(20, len(p))``.
         decay: EMA factor $\beta \in [0, 1)$: $\hat m_b \leftarrow \beta \hat m_b + (1-\beta)\bar m_b$.
         delta: defensive fraction $\delta \in (0, 1]$.
 
@@ -129,10 +129,10 @@ class AdaptiveProposal:
         [0.1875, 0.1875, 0.3125, 0.3125]
     """
 
-    def __init__(self, p, n_bins: int = 20, decay: float = 0.9, delta: float = 0.1):
+    def __init__(self, p, n_bins: int | None = None, decay: float = 0.9, delta: float = 0.1):
         self.p = as_pmf("p", p).copy()
         T = self.p.size
-        self.n_bins = as_int("n_bins", n_bins, minimum=1)
+        self.n_bins = min(20, T) if n_bins is None else as_int("n_bins", n_bins, minimum=1)
         if self.n_bins > T:
             raise ValueError(f"n_bins must be <= len(p) = {T}, got {self.n_bins}")
         self.decay = as_real("decay", decay, nonnegative=True)

@@ -33,17 +33,17 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
-    # torch.linspace in float32: step in float32, first half counted up from
-    # `start`, second half counted down from `end` (so both ends are exact).
+    # torch.linspace in float32: a float32 step, the first half counted up from
+    # `start`, the second half down from `end`, each entry one fused multiply-add
+    # (a float32 product is exact in float64, so float64 then one rounding).
     start32, end32 = np.float32(start), np.float32(end)
     if steps == 1:
         return np.array([start32], dtype=np.float32)
-    step = np.float32((end32 - start32) / np.float32(steps - 1))
-    idx = np.arange(steps)
-    halfway = steps // 2
-    up = start32 + step * idx.astype(np.float32)
-    down = end32 - step * (steps - idx - 1).astype(np.float32)
-    return np.where(idx < halfway, up, down).astype(np.float32)
+    step = np.float64(np.float32((end32 - start32) / np.float32(steps - 1)))
+    idx = np.arange(steps, dtype=np.float64)
+    up = np.float64(start32) + idx * step
+    down = np.float64(end32) - (steps - 1 - idx) * step
+    return np.where(idx < steps // 2, up, down).astype(np.float32)
 
 
 def _cosine_alpha_bar(t):
@@ -86,16 +86,16 @@ class DiscreteSchedule:
     r"""A discrete VP schedule given by $\bar\alpha_t$, $t = 0..T-1$.
 
     Attributes:
-        alphas_cumprod: $\bar\alpha_t$, shape ``(T,)``, strictly in (0, 1].
+        alphas_cumprod: $\bar\alpha_t$, shape ``(T,)``, in [0, 1].
     """
 
     alphas_cumprod: np.ndarray
 
     def __post_init__(self):
         abar = as_float_array("alphas_cumprod", self.alphas_cumprod, ndim=1)
-        if np.any(abar <= 0) or np.any(abar > 1):
+        if np.any(abar < 0) or np.any(abar > 1):
             raise ValueError(
-                f"alphas_cumprod must lie in (0, 1], got values in [{abar.min()}, {abar.max()}]"
+                f"alphas_cumprod must lie in [0, 1], got values in [{abar.min()}, {abar.max()}]"
             )
         abar = abar.copy()
         abar.setflags(write=False)

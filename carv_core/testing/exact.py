@@ -114,8 +114,8 @@ def breakpoints(sampler, n_timesteps: int) -> np.ndarray:
     c = np.where(_transform(sampler, np.zeros(T - 1))[0] >= j, 0.0, c)
     cuts = np.concatenate([[0.0], c, [1.0]])
     # Validate: monotone, in range, and constant between the cuts found.
-    grid = np.concatenate([np.linspace(0.0, top, 4097), cuts[1:-1], np.clip(cuts[1:-1] - 1e-15, 0, top)])
-    grid.sort()
+    inner = np.minimum(cuts[1:-1], top)
+    grid = np.sort(np.concatenate([np.linspace(0.0, top, 4097), inner, np.clip(inner - 1e-15, 0, top)]))
     t_grid = _transform(sampler, grid)[0]
     if t_grid.min() < 0 or t_grid.max() >= T:
         raise ValueError(f"sampler.transform returned timesteps outside [0, {T}): "
