@@ -238,35 +238,37 @@ def exact_moments(law: SamplerLaw, table, row_probs=None) -> Moments:
     Fdot = fbar @ fbar.T                             # (T, T)
     T = f.shape[1]
 
-    # Per-slot marginal: A[s, t] = sum over scenarios of P * w at t.
-    slot_block, slot_col, A = {}, {}, {}
+    # 1. Per-slot marginals A[s, t] = sum of P * w over the slot's scenarios at t.
+    rows, blocks_of, cols, A = [], [], [], []
     for bi, blk in enumerate(law.blocks):
-        for i, (r, k) in enumerate(blk.slots):
-            if blk.t.max() >= T:
-                raise ValueError(f"the law puts mass on t = {blk.t.max()}, the table has {T} timesteps")
-            key = (int(r), int(k))
-            slot_block[key], slot_col[key] = bi, i
-            A[key] = np.bincount(blk.t[:, i], weights=blk.probs * blk.w[:, i], minlength=T)
-    if len(A) != R * K:
-        raise ValueError(f"the law covers {len(A)} slots, expected R*K = {R * K}")
-    slots = sorted(A)
-    m = {s: A[s] @ fbar for s in slots}
-    mean = sum(m.values()) / (R * K)
+        if blk.t.max() >= T:
+            raise ValueError(f"the law puts mass on t = {blk.t.max()}, the table has {T} timesteps")
+        for i, (r, _) in enumerate(blk.slots):
+            rows.append(int(r))
+            blocks_of.append(bi)
+            cols.append(i)
+            A.append(np.bincount(blk.t[:, i], weights=blk.probs * blk.w[:, i], minlength=T))
+    if len(A) != R * K or len({(int(r), int(k)) for b in law.blocks for r, k in b.slots}) != R * K:
+        raise ValueError(f"the law must cover each of the R*K = {R * K} slots exactly once")
+    A, rows, blocks_of = np.array(A), np.array(rows), np.array(blocks_of)
+    m = A @ fbar                                     # (S, D) slot means
+    mean = m.sum(axis=0) / (R * K)
 
-    var = 0.0
-    for s in slots:
-        for s2 in slots:
-            same_row, same_block = s[0] == s2[0], slot_block[s] == slot_block[s2]
-            if not (same_row or same_block):
-                continue
-            G = M if same_row else Fdot
-            if same_block:
-                blk = law.blocks[slot_block[s]]
-                i, j = slot_col[s], slot_col[s2]
+    # 2. Independent slots of one row (different blocks): E[Z_s . Z_s'] = A_s M A_s'.
+    same_row = rows[:, None] == rows[None, :]
+    same_block = blocks_of[:, None] == blocks_of[None, :]
+    cov = A @ M @ A.T - m @ m.T
+    var = float(cov[same_row & ~same_block].sum())
+
+    # 3. Slots of one block share their uniforms: sum over the block's scenarios.
+    for bi, blk in enumerate(law.blocks):
+        idx = np.flatnonzero(blocks_of == bi)
+        for a, s in enumerate(idx):
+            for b, s2 in enumerate(idx):
+                G = M if rows[s] == rows[s2] else Fdot
+                i, j = cols[s], cols[s2]
                 second = float(np.sum(blk.probs * blk.w[:, i] * blk.w[:, j] * G[blk.t[:, i], blk.t[:, j]]))
-            else:
-                second = float(A[s] @ G @ A[s2])
-            var += second - float(m[s] @ m[s2])
+                var += second - float(m[s] @ m[s2])
     return Moments(mean, max(var, 0.0) / (R * K) ** 2)
 
 

@@ -18,7 +18,7 @@ from carv_core import (
     timesteps_from_uniforms,
 )
 from carv_core.testing import breakpoints
-from carv_core.testing.strategies import pmfs, proposals_for
+from carv_core.testing.strategies import pmfs
 
 TOP = np.nextafter(1.0, 0.0)
 

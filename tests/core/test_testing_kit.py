@@ -8,7 +8,7 @@ from hypothesis import given
 
 from carv_core import InverseCDFSampler, TimestepDraw, inverse_cdf, stratum_pmfs, uniform_timesteps
 from carv_core.testing import check_sampler, exact_law
-from carv_core.testing.strategies import integrand_tables, pmfs, proposals_for
+from carv_core.testing.strategies import pmfs, proposals_for
 
 T = 20
 P = uniform_timesteps(T, 0.1, 0.9)
