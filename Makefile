@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.carv-installed
 # torch: GPU users put their own CUDA torch in .venv first and it is kept (see README).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: test demo venv docs serve clean
+.PHONY: test demo venv docs serve clean browser figures
 
 venv: $(STAMP)
 
@@ -18,8 +18,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[torch,dev,docs]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# Headless Chromium for the docs browser check (tests/docs): the Debian package,
+# installed once when missing and we are root; otherwise that check skips (CI fails it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the docs browser check"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium not installed and not root; the docs browser check will skip"; fi
+
+# Regenerate docs/figures/ (PNGs and the worked-example table) from carv_core.
+figures: $(STAMP)
+	MPLBACKEND=Agg $(PY) docs/scripts/make_figures.py
 
 demo: $(STAMP)
 	$(PY) -m benchmarks.core_demo

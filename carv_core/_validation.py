@@ -95,7 +95,10 @@ def as_int(name: str, value, *, minimum: int | None = None) -> int:
 def as_real(name: str, value, *, positive: bool = False, nonnegative: bool = False,
             upper: float | None = None) -> float:
     """Return ``value`` as a finite Python float with the requested sign."""
-    reject_foreign_arrays(name, value)
+    root = (type(value).__module__ or "").split(".", 1)[0]
+    if root in {"torch", "jax", "jaxlib", "cupy", "tensorflow"}:
+        raise TypeError(f"{name} must be a real number, got a {root} {type(value).__name__}; "
+                        f"pass float({name}) (this is host-side scalar maths)")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_describe(value)} ({type(value).__name__})")
     value = float(value)

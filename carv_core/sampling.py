@@ -123,7 +123,8 @@ def stratify(xi, offset) -> np.ndarray:
     r"""$u = (\text{offset} + \xi)/B$ along the last axis of length $B$: the pure stratification map."""
     xi = np.asarray(xi, dtype=np.float64)
     B = xi.shape[-1]
-    return (np.asarray(offset, dtype=np.float64) + xi) / B
+    # (B - 1 + xi) / B can round up to exactly 1.0 for xi close to 1: keep u < 1.
+    return np.minimum((np.asarray(offset, dtype=np.float64) + xi) / B, np.nextafter(1.0, 0.0))
 
 
 def draw_uniforms(design: str, R: int, K: int, rng=None) -> np.ndarray:

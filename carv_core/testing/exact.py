@@ -97,7 +97,7 @@ def _transform(sampler, u: np.ndarray):
 def breakpoints(sampler, n_timesteps: int) -> np.ndarray:
     r"""$c_0 = 0 \le c_1 \le \dots \le c_T = 1$ with $t(u) = j$ on $[c_j, c_{j+1})$.
 
-    Found by vectorised bisection on $t(u) \ge j$ to float64 resolution; raises if
+    Found by vectorised bisection on $t(u) \ge j$ down to adjacent float64 values; raises if
     ``transform`` is not non-decreasing in $u$ or leaves $[0, T)$.
     """
     T = as_int("n_timesteps", n_timesteps, minimum=1)
@@ -106,8 +106,13 @@ def breakpoints(sampler, n_timesteps: int) -> np.ndarray:
     lo, hi = np.zeros(T - 1), np.full(T - 1, top)
     t_hi = _transform(sampler, hi)[0]
     never = t_hi < j  # t(u) >= j for no u in [0, 1)
-    for _ in range(64):
-        mid = 0.5 * (lo + hi)
+    # Bisect until lo and hi are adjacent floats (a fixed 64 halvings would leave
+    # small breakpoints, near 1e-4, several ulps too high).
+    for _ in range(1100):
+        open_ = np.nextafter(lo, 1.0) < hi
+        if not open_.any():
+            break
+        mid = np.where(open_, lo + 0.5 * (hi - lo), hi)
         ge = _transform(sampler, mid)[0] >= j
         hi, lo = np.where(ge, mid, hi), np.where(ge, lo, mid)
     c = np.where(never, 1.0, hi)

@@ -114,3 +114,18 @@ def test_kit_flags_density_as_weight_whenever_it_matters(pq):
     exact_expectation = float(np.sum(q * q * table[0]))
     assert abs(report.expectation[0] - exact_expectation) < 1e-12 * max(1, exact_expectation)
     assert report.unbiased == (abs(exact_expectation - float(p @ table[0])) <= 1e-10 * max(1.0, float(p @ table[0])))
+
+
+def test_kit_resolves_tiny_breakpoints():
+    # Regression: the weight heuristic on T = 1000 puts CDF breakpoints near 1e-4,
+    # where a fixed number of halvings left the cut several ulps high.
+    from carv_core import make_schedule, sds_weight, weight_heuristic
+
+    sched = make_schedule("scaled_linear", 1000, 0.00085, 0.012)
+    p = uniform_timesteps(1000)
+    q = weight_heuristic(p, sds_weight("sds", sched))
+    law = exact_law(InverseCDFSampler(p, q, "stratified"), 1, 8, 1000)
+    S = stratum_pmfs(q, 8)
+    for blk in law.blocks:
+        dense = np.bincount(blk.t[:, 0], weights=blk.probs, minlength=1000)
+        np.testing.assert_allclose(dense, S[int(blk.slots[0, 1])], atol=1e-12)

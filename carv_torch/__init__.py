@@ -1,0 +1,119 @@
+"""carv_torch: compute-aware variance reduction (CARV) on torch tensors.
+
+The *parity layer* has the same names and signatures as :mod:`carv_core`
+(``rng`` becomes ``generator``, a ``torch.Generator``; some functions add
+keyword-only ``device=``/``dtype=``) and is verified against it: the same
+uniforms give the same integer timesteps exactly, and the same weights and
+estimates to float64/float32 rounding. One module per concept:
+:mod:`~carv_torch.schedules`, :mod:`~carv_torch.weighting`,
+:mod:`~carv_torch.distributions`, :mod:`~carv_torch.proposals`,
+:mod:`~carv_torch.sampling`, :mod:`~carv_torch.estimator`,
+:mod:`~carv_torch.allocation`. Value checks that force a host sync can be
+switched off with :func:`set_validate_args`.
+"""
+
+from ._validation import is_validating, set_validate_args
+from .allocation import (
+    Allocation,
+    Prediction,
+    best_allocation,
+    cost,
+    ecm,
+    k_star,
+    optimal_k,
+    predict,
+    predicted_variance,
+    relative_efficiency,
+    reuse_ceiling,
+)
+from .distributions import PiecewiseDensity, pmf, tabulate_density, uniform_timesteps
+from .estimator import (
+    HierarchicalEstimate,
+    VarianceComponents,
+    Welford,
+    hierarchical_estimate,
+    variance_components,
+)
+from .proposals import (
+    AdaptiveProposal,
+    defensive_mixture,
+    importance_weights,
+    oracle_proposal,
+    weight_heuristic,
+)
+from .sampling import (
+    DESIGNS,
+    InverseCDFSampler,
+    TimestepDraw,
+    cdf_from_pmf,
+    continuous_from_uniforms,
+    draw_uniforms,
+    gaussian_noise,
+    inverse_cdf,
+    stratify,
+    stratum_pmfs,
+    timesteps_from_uniforms,
+)
+from .schedules import (
+    BETA_SCHEDULES,
+    ContinuousSchedule,
+    DiscreteSchedule,
+    continuous_schedule,
+    make_betas,
+    make_schedule,
+)
+from .weighting import WEIGHTINGS, sds_weight, weighting
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # validation switch (torch only)
+    "is_validating", "set_validate_args",
+    # parity layer: the names of carv_core.__all__
+    "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
+    "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
+    "PiecewiseDensity", "pmf", "tabulate_density", "uniform_timesteps",
+    "HierarchicalEstimate", "VarianceComponents", "Welford", "hierarchical_estimate",
+    "variance_components",
+    "AdaptiveProposal", "defensive_mixture", "importance_weights", "oracle_proposal",
+    "weight_heuristic",
+    "DESIGNS", "InverseCDFSampler", "TimestepDraw", "cdf_from_pmf", "continuous_from_uniforms",
+    "draw_uniforms", "gaussian_noise", "inverse_cdf", "stratify", "stratum_pmfs",
+    "timesteps_from_uniforms",
+    "BETA_SCHEDULES", "ContinuousSchedule", "DiscreteSchedule", "continuous_schedule",
+    "make_betas", "make_schedule",
+    "WEIGHTINGS", "sds_weight", "weighting",
+]
+
+# Torch-only modules: teachers, objectives, guidance, accounting, renderers.
+from .accounting import KIND_NAMES, Accountant, KDecision  # noqa: E402
+from .guidance import PROPOSALS, SAMPLERS, CARVGuidance, GuidanceConfig, scheduled_value  # noqa: E402
+from .objectives import (  # noqa: E402
+    AttributionEstimate,
+    GradientEstimate,
+    InnerDraws,
+    attribution,
+    dmd,
+    draw_inner,
+    sds,
+    surrogate_loss,
+)
+from .renderers import Cameras, GridRenderer, orbit_cameras, random_cameras  # noqa: E402
+from .teachers import (  # noqa: E402
+    NAN_POLICIES,
+    PREDICTION_TYPES,
+    DiffusersTeacher,
+    GaussianMixtureTeacher,
+    Teacher,
+    check_finite,
+)
+
+__all__ += [
+    "KIND_NAMES", "Accountant", "KDecision",
+    "PROPOSALS", "SAMPLERS", "CARVGuidance", "GuidanceConfig", "scheduled_value",
+    "AttributionEstimate", "GradientEstimate", "InnerDraws", "attribution", "dmd", "draw_inner",
+    "sds", "surrogate_loss",
+    "Cameras", "GridRenderer", "orbit_cameras", "random_cameras",
+    "NAN_POLICIES", "PREDICTION_TYPES", "DiffusersTeacher", "GaussianMixtureTeacher", "Teacher",
+    "check_finite",
+]

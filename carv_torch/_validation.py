@@ -1,0 +1,295 @@
+"""Input checks shared by the public functions of :mod:`carv_torch`.
+
+Two kinds of check, in the style of ``torch.distributions``:
+
+- *structural* checks (type, dtype, shape, device, generator device) read only
+  tensor metadata, never synchronise with an accelerator, and always run;
+- *value* checks (finite entries, uniforms in $[0, 1)$, a pmf that sums to 1,
+  proposal support) read tensor values, which forces a host sync on a GPU.
+  They run while validation is on (the default) and can be switched off with
+  :func:`set_validate_args`, globally or as a context manager.
+
+Errors name the argument, the value received and what was expected.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from carv_core._validation import PMF_ATOL, reject_foreign_arrays
+
+__all__ = ["set_validate_args", "is_validating"]
+
+_VALIDATE = [True]
+
+
+class set_validate_args:  # noqa: N801 - a function-like context manager, as torch.set_grad_enabled
+    """Switch the value checks that force a host sync on (``True``) or off (``False``).
+
+    Works as a plain call (sets the flag for the process) and as a context
+    manager (restores the previous value on exit). Structural checks
+    (dtype, shape, device) always run.
+
+    Example:
+        >>> import carv_torch
+        >>> with carv_torch.set_validate_args(False):
+        ...     carv_torch.is_validating()
+        False
+        >>> carv_torch.is_validating()
+        True
+    """
+
+    def __init__(self, value: bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"value must be a bool, got {describe(value)}")
+        self.previous = _VALIDATE[0]
+        _VALIDATE[0] = value
+
+    def __enter__(self) -> "set_validate_args":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _VALIDATE[0] = self.previous
+
+
+def is_validating() -> bool:
+    """Whether the value checks that force a host sync currently run."""
+    return _VALIDATE[0]
+
+
+def describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype} on {value.device}"
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def as_device(name: str, device) -> torch.device | None:
+    """Normalise ``device`` (None, str, int or ``torch.device``)."""
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (TypeError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a torch.device, a device string or None, "
+                        f"got {describe(device)}") from err
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` are the same device when the current device is 0."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        return True
+    return a.index == b.index
+
+
+def check_device(name: str, tensor: torch.Tensor, device: torch.device, other: str) -> None:
+    """Raise if ``tensor`` is not on ``device`` (the device of ``other``)."""
+    if not same_device(tensor.device, device):
+        raise ValueError(
+            f"{name} is on device {tensor.device}, expected {device} (the device of {other}); "
+            f"move it first with {name}.to({str(device)!r})"
+        )
+
+
+def resolve_device(device, generator) -> torch.device:
+    """The device to draw on: ``device``, else the generator's, else torch's default.
+
+    Raises when a generator lives on another device type than the one asked for:
+    torch would otherwise fail late (CUDA) or draw silently on the wrong stream.
+    """
+    device = as_device("device", device)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {describe(generator)} "
+            f"({type(generator).__name__}); numpy Generators belong to carv_core (rng=...)"
+        )
+    if device is None:
+        return generator.device if generator is not None else torch.empty(0).device
+    if generator is not None and not same_device(generator.device, device):
+        raise ValueError(
+            f"generator is on device {generator.device} but device={str(device)!r} was "
+            f"requested; create it with torch.Generator(device={str(device)!r})"
+        )
+    return device
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def as_dtype(name: str, dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a real floating torch.dtype, got {describe(dtype)}")
+    return dtype
+
+
+def check_floating(name: str, tensor: torch.Tensor) -> None:
+    """Raise ``TypeError`` unless ``tensor`` has a real floating dtype."""
+    if tensor.is_complex():
+        raise TypeError(f"{name} must be real, got complex dtype {tensor.dtype}")
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"{name} must have a real floating dtype, got dtype {tensor.dtype}; "
+            f"convert it with {name}.double() (or .float())"
+        )
+
+
+def as_tensor(name: str, value, *, device: torch.device | None = None, ndim: int | None = None,
+              min_ndim: int | None = None, allow_empty: bool = False, other: str = "the other inputs",
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return ``value`` as a real floating tensor, checking only metadata.
+
+    A tensor must already sit on ``device`` (when given) and have a floating
+    dtype (an integer tensor is almost always a mix-up, e.g. timesteps passed as
+    uniforms). Numpy arrays and sequences are converted as carv_core converts
+    them (to float64 unless ``dtype``) and moved to ``device``.
+    """
+    if isinstance(value, torch.Tensor):
+        check_floating(name, value)
+        if device is not None:
+            check_device(name, value, device, other)
+        tensor = value
+    else:
+        reject_foreign_arrays(name, value)
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{name} must be numeric, got {describe(value)}")
+        arr = np.asarray(value)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+        if np.iscomplexobj(arr):
+            raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
+        tensor = from_host(arr, device=device, dtype=dtype or torch.float64)
+    if ndim is not None and tensor.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(tensor.shape)}")
+    if min_ndim is not None and tensor.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(tensor.shape)}"
+        )
+    if tensor.numel() == 0 and not allow_empty:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def to_numpy(name: str, value) -> np.ndarray:
+    """Host copy of a tensor (or pass-through of anything else) for carv_core."""
+    if isinstance(value, torch.Tensor):
+        check_floating(name, value)
+        return value.detach().to("cpu", torch.float64).numpy()
+    return value
+
+
+def as_int(name: str, value, *, minimum: int | None = None) -> int:
+    """A Python int; rejects bools, floats and tensors (reading a tensor would sync)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an integer, got {describe(value)} ({type(value).__name__})"
+        )
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- value checks (sync)
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise naming the first non-finite entry (value check: syncs)."""
+    if not _VALIDATE[0] or tensor.device.type == "meta":
+        return
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in torch.nonzero(bad)[0].tolist())
+        raise ValueError(
+            f"{name} must be finite, got {tensor[idx].item()} at index {idx} "
+            f"({int(bad.sum())} non-finite entries)"
+        )
+
+
+def check_unit_interval(name: str, u: torch.Tensor) -> None:
+    """Raise unless every entry of ``u`` lies in [0, 1) (value check: syncs)."""
+    if not _VALIDATE[0] or u.numel() == 0 or u.device.type == "meta":
+        return
+    # One sync on the happy path: NaN fails both comparisons.
+    if bool((~((u >= 0) & (u < 1))).any()):
+        check_finite(name, u)
+        lo, hi = float(u.min()), float(u.max())
+        raise ValueError(f"{name} must lie in [0, 1), got values in [{lo}, {hi}]")
+
+
+def pmf_atol(p: torch.Tensor) -> float:
+    """Tolerance on ``|sum(p) - 1|``: the core's for float64, ``T`` roundings otherwise.
+
+    A float32 pmf of 1000 entries, each rounded from float64, sums to 1 only to
+    about 1e-5; holding it to the float64 tolerance would reject every one.
+    """
+    if p.dtype == torch.float64:
+        return PMF_ATOL
+    return max(PMF_ATOL, p.numel() * torch.finfo(p.dtype).eps)
+
+
+def check_pmf(name: str, p: torch.Tensor) -> None:
+    """Raise unless ``p`` is finite, non-negative and sums to 1 within :func:`pmf_atol` (syncs)."""
+    if not _VALIDATE[0] or p.device.type == "meta":
+        return
+    check_finite(name, p)
+    if bool((p < 0).any()):
+        j = int(torch.argmax((p < 0).to(torch.uint8)))
+        raise ValueError(f"{name} must be non-negative, got {name}[{j}] = {p[j].item()}")
+    total = float(p.sum(dtype=torch.float64))
+    if abs(total - 1.0) > pmf_atol(p):
+        raise ValueError(
+            f"{name} must sum to 1, got sum {total!r}; normalise it first ({name} / {name}.sum())"
+        )
+
+
+def check_same_shape(p_name: str, p: torch.Tensor, q_name: str, q: torch.Tensor) -> None:
+    if p.shape != q.shape:
+        raise ValueError(
+            f"{p_name} and {q_name} must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}"
+        )
+
+
+def check_support(p: torch.Tensor, q: torch.Tensor, *, p_name: str = "p", q_name: str = "q") -> None:
+    """Raise if ``q`` has zero mass where ``p`` has positive mass (value check: syncs)."""
+    check_same_shape(p_name, p, q_name, q)
+    if not _VALIDATE[0] or p.device.type == "meta":
+        return
+    bad = torch.nonzero((q <= 0) & (p > 0)).flatten()
+    if bad.numel():
+        j = int(bad[0])
+        raise ValueError(
+            f"{q_name} has zero mass at index {j} where {p_name}[{j}] = {p[j].item()} > 0; "
+            f"importance weights p/q would be infinite there ({bad.numel()} such index(es)). "
+            f"Mix in p (defensive_mixture) to fix."
+        )
+
+
+def from_host(array, *, device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A tensor copy of a carv_core result (core arrays may be read-only) on ``device``."""
+    host = torch.from_numpy(np.array(array, dtype=np.float64, copy=True))
+    return host.to(device=device, dtype=dtype)
+
+
+def host_pmf(name: str, p):
+    """A pmf for carv_core: float64 tensors are copied as they are (the core checks
+    them); lower-precision tensors are checked here at their own tolerance and
+    renormalised in float64, since the core's 1e-9 sum tolerance assumes float64."""
+    if not isinstance(p, torch.Tensor) or p.dtype == torch.float64:
+        return to_numpy(name, p)
+    check_floating(name, p)
+    if p.ndim != 1:
+        raise ValueError(f"{name} must have 1 dimension(s), got shape {tuple(p.shape)}")
+    with set_validate_args(True):
+        check_pmf(name, p)
+    arr = to_numpy(name, p)
+    return arr / arr.sum()

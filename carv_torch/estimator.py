@@ -1,0 +1,197 @@
+r"""The hierarchical estimator and its variance estimates, on tensors.
+
+With $R$ upstream samples and $K$ inner draws each, $Y_{rk} = \tilde w_{rk}\, f(x_r, t_{rk}, \epsilon_{rk})$,
+
+$$ \hat G = \frac1R \sum_r \bar Y_r, \qquad \bar Y_r = \frac1K \sum_k Y_{rk}, $$
+
+with the unbiased $\widehat{\operatorname{Var}}\hat G = \frac{1}{R(R-1)}\sum_r\lVert\bar Y_r - \hat G\rVert^2$
+and the ANOVA components of :mod:`carv_core.estimator` (whose docstring has the
+derivations and the caveat for stratified inner draws).
+
+Everything here stays on the device of ``values``: scalar results are 0-dim
+tensors, not Python floats, so no function forces a host sync (call
+``.item()`` when a number is needed). The only syncs are the optional value
+checks (non-finite entries), switched off with :func:`carv_torch.set_validate_args`,
+and :meth:`Welford.state_dict`, which writes plain numbers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ._validation import as_device, as_dtype, as_int, as_tensor, check_finite
+
+__all__ = ["HierarchicalEstimate", "VarianceComponents", "hierarchical_estimate",
+           "variance_components", "Welford"]
+
+
+class HierarchicalEstimate(NamedTuple):
+    r"""$\hat G$ (shape ``D``), the row means $\bar Y_r$ (shape ``(R, *D)``) and $\widehat{\operatorname{Var}}\hat G$.
+
+    ``variance`` is a 0-dim tensor on the device of ``mean`` (``nan`` when $R = 1$).
+    """
+
+    mean: torch.Tensor
+    row_means: torch.Tensor
+    variance: torch.Tensor
+
+
+class VarianceComponents(NamedTuple):
+    r"""ANOVA estimates $\hat\sigma_B^2$, $\hat\sigma_W^2$ and their mean squares, as 0-dim tensors."""
+
+    sigma_b2: torch.Tensor
+    sigma_w2: torch.Tensor
+    ms_between: torch.Tensor
+    ms_within: torch.Tensor
+
+
+def _weighted_values(values, weights) -> torch.Tensor:
+    Y = as_tensor("values", values, min_ndim=2)
+    check_finite("values", Y)
+    if weights is None:
+        return Y
+    w = as_tensor("weights", weights, ndim=2, device=Y.device, other="values")
+    if w.shape != Y.shape[:2]:
+        raise ValueError(
+            f"weights must have shape (R, K) = {tuple(Y.shape[:2])} like values, got {tuple(w.shape)}"
+        )
+    check_finite("weights", w)
+    return Y * w.to(Y.dtype).reshape(w.shape + (1,) * (Y.ndim - 2))
+
+
+def hierarchical_estimate(values, weights=None) -> HierarchicalEstimate:
+    r"""$\hat G = \frac{1}{RK}\sum_{r,k}\tilde w_{rk} f_{rk}$ and its unbiased variance estimate.
+
+    Computed in the dtype and on the device of ``values``; no host sync.
+
+    Args:
+        values: $f(x_r, t_{rk}, \epsilon_{rk})$, floating tensor of shape ``(R, K, *D)``.
+        weights: importance weights $\tilde w_{rk}$, shape ``(R, K)``, same device; ``None`` for ones.
+
+    Example:
+        >>> est = hierarchical_estimate(torch.tensor([[1.0, 3.0], [5.0, 7.0]]))
+        >>> est.mean.item(), est.variance.item()
+        (4.0, 4.0)
+    """
+    Y = _weighted_values(values, weights)
+    R = Y.shape[0]
+    row_means = Y.mean(dim=1)
+    mean = row_means.mean(dim=0)
+    if R > 1:
+        variance = torch.sum((row_means - mean) ** 2) / (R * (R - 1))
+    else:
+        variance = torch.full((), float("nan"), dtype=Y.dtype, device=Y.device)
+    return HierarchicalEstimate(mean, row_means, variance)
+
+
+def variance_components(values, weights=None) -> VarianceComponents:
+    r"""ANOVA estimates of $\sigma_B^2$ and $\sigma_W^2$ (traces) from ``(R, K, *D)`` values.
+
+    $\mathrm{MS}_W = \frac{1}{R(K-1)}\sum_{r,k}\lVert Y_{rk}-\bar Y_r\rVert^2$,
+    $\mathrm{MS}_B = \frac{K}{R-1}\sum_r\lVert\bar Y_r-\hat G\rVert^2$,
+    $\hat\sigma_W^2 = \mathrm{MS}_W$, $\hat\sigma_B^2 = (\mathrm{MS}_B - \mathrm{MS}_W)/K$ (not clipped).
+    Needs $R \ge 2$ and $K \ge 2$; no host sync.
+
+    Example:
+        >>> vc = variance_components(torch.tensor([[1.0, 3.0], [5.0, 7.0]]))
+        >>> vc.sigma_w2.item(), vc.sigma_b2.item()
+        (2.0, 7.0)
+    """
+    Y = _weighted_values(values, weights)
+    R, K = Y.shape[:2]
+    if R < 2 or K < 2:
+        raise ValueError(
+            f"variance_components needs R >= 2 and K >= 2, got values of shape {tuple(Y.shape)}"
+        )
+    row_means = Y.mean(dim=1)
+    grand = row_means.mean(dim=0)
+    ms_within = torch.sum((Y - row_means[:, None]) ** 2) / (R * (K - 1))
+    ms_between = K * torch.sum((row_means - grand) ** 2) / (R - 1)
+    return VarianceComponents((ms_between - ms_within) / K, ms_within, ms_between, ms_within)
+
+
+class Welford:
+    r"""Streaming mean and $\operatorname{tr}\operatorname{Cov}$ of vectors, accumulated on device.
+
+    Keeps $n$ (a Python int: batch sizes are known on the host), $\bar x$ and
+    $M_2 = \sum_i \lVert x_i - \bar x\rVert^2$ as tensors in ``dtype`` (float64 by
+    default, whatever the dtype of the inputs); batches merge with Chan et al.'s
+    update. $\frac1n\sum_i\lVert x_i - g\rVert^2 = \frac{M_2}{n} + \lVert\bar x - g\rVert^2$.
+
+    Args:
+        device: where to accumulate (default: the device of the first batch).
+        dtype: accumulation dtype.
+
+    Example:
+        >>> acc = Welford()
+        >>> acc.update(torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
+        >>> acc.count, acc.mean.tolist(), acc.trace_cov.item()
+        (2, [2.0, 0.0], 2.0)
+    """
+
+    def __init__(self, *, device=None, dtype: torch.dtype = torch.float64):
+        self.device = as_device("device", device)
+        self.dtype = as_dtype("dtype", dtype)
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2 = torch.zeros((), dtype=self.dtype, device=self.device)
+
+    def update(self, x) -> None:
+        """Add one vector (shape ``(D,)``) or a batch (shape ``(N, *D)``, flattened to ``(N, D)``)."""
+        x = as_tensor("x", x, min_ndim=1, device=self.device, other="the accumulator")
+        check_finite("x", x)
+        if self.device is None:
+            self.device = x.device
+            self.m2 = self.m2.to(self.device)
+        batch = (x[None, :] if x.ndim == 1 else x.reshape(x.shape[0], -1)).to(self.dtype)
+        if self.mean is not None and batch.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"x has dimension {batch.shape[1]}, the accumulator has {self.mean.shape[0]}"
+            )
+        n_b = batch.shape[0]
+        mean_b = batch.mean(dim=0)
+        m2_b = torch.sum((batch - mean_b) ** 2)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + torch.dot(delta, delta) * (self.count * n_b / n)
+        self.count = n
+
+    @property
+    def trace_cov(self) -> torch.Tensor:
+        r"""Unbiased $\operatorname{tr}\widehat{\operatorname{Cov}} = M_2/(n-1)$, 0-dim (``nan`` when $n < 2$)."""
+        if self.count > 1:
+            return self.m2 / (self.count - 1)
+        return torch.full((), float("nan"), dtype=self.dtype, device=self.m2.device)
+
+    def mse(self, reference) -> torch.Tensor:
+        r"""$\frac1n\sum_i \lVert x_i - g\rVert^2$ for a reference $g$ with $D$ entries, 0-dim."""
+        if self.mean is None:
+            raise ValueError("mse needs at least one update")
+        g = as_tensor("reference", reference, device=self.mean.device, other="the accumulator")
+        check_finite("reference", g)
+        g = g.reshape(-1).to(self.dtype)
+        if g.shape != self.mean.shape:
+            raise ValueError(f"reference must have {self.mean.numel()} entries, got {g.numel()}")
+        return self.m2 / self.count + torch.sum((self.mean - g) ** 2)
+
+    def state_dict(self) -> dict:
+        """Plain numbers in :meth:`carv_core.Welford.state_dict`'s format (syncs)."""
+        return {"count": self.count,
+                "mean": None if self.mean is None else self.mean.tolist(),
+                "m2": float(self.m2)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict` of either backend, onto :attr:`device` (CPU if unset)."""
+        device = self.device if self.device is not None else torch.device("cpu")
+        self.count = as_int("state['count']", state["count"], minimum=0)
+        self.mean = (None if state["mean"] is None
+                     else torch.as_tensor(state["mean"], dtype=self.dtype, device=device))
+        self.m2 = torch.as_tensor(float(state["m2"]), dtype=self.dtype, device=device)
+        self.device = device
+

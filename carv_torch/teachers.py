@@ -1,0 +1,356 @@
+r"""Teachers: frozen noise predictors $\hat\epsilon(x_t, t, y)$ under $x_t = \alpha_t x_0 + \sigma_t \epsilon$.
+
+A teacher maps noisy inputs ``x_t`` of shape ``(N, C, H, W)`` and integer
+timesteps ``t`` of shape ``(N,)`` to an epsilon prediction of the same shape as
+``x_t``, with $\alpha_t = \sqrt{\bar\alpha_t}$, $\sigma_t = \sqrt{1 - \bar\alpha_t}$
+taken from its ``alphas_cumprod`` (shape ``(T,)``).
+
+Classifier-free guidance (CFG) with scale $s$:
+
+$$ \hat\epsilon = \hat\epsilon(x_t, t, \varnothing) + s\,\big(\hat\epsilon(x_t, t, y) - \hat\epsilon(x_t, t, \varnothing)\big), $$
+
+the unconditional and conditional halves evaluated in one batched call
+(threestudio's and diffusers' convention; $s = 1$ is the conditional model).
+
+Other parameterisations are converted to epsilon:
+
+| ``prediction_type`` | model output | $\hat\epsilon$ |
+|---|---|---|
+| ``epsilon`` | $\hat\epsilon$ | itself |
+| ``v_prediction`` | $\hat v = \alpha_t\epsilon - \sigma_t x_0$ | $\alpha_t \hat v + \sigma_t x_t$ |
+| ``sample`` | $\hat x_0$ | $(x_t - \alpha_t \hat x_0)/\sigma_t$ |
+
+A non-finite prediction is an error that names the affected timesteps; it is
+never propagated silently (``nan_policy="zero"`` zeroes those rows and warns).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "NAN_POLICIES",
+    "Teacher",
+    "DiffusersTeacher",
+    "GaussianMixtureTeacher",
+    "check_finite",
+]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+NAN_POLICIES = ("raise", "zero")
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    r"""The protocol every teacher follows.
+
+    Attributes:
+        alphas_cumprod: $\bar\alpha_t$, shape ``(T,)``, on the teacher's device.
+    """
+
+    alphas_cumprod: torch.Tensor
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, condition: Any = None, *,
+                      uncond: Any = None, guidance_scale: float = 1.0) -> torch.Tensor:
+        r"""$\hat\epsilon$ of shape ``(N, C, H, W)`` for ``x_t`` ``(N, C, H, W)`` and ``t`` ``(N,)``."""
+        ...
+
+
+def check_finite(eps: torch.Tensor, t: torch.Tensor, nan_policy: str = "raise",
+                 name: str = "teacher output") -> torch.Tensor:
+    r"""Raise ``FloatingPointError`` naming the timesteps whose prediction is not finite.
+
+    With ``nan_policy="zero"`` those rows are set to 0 and a ``RuntimeWarning``
+    names them instead. Forces a device sync (it reads a flag back to the host).
+
+    Args:
+        eps: predictions, shape ``(N, ...)``.
+        t: their timesteps, shape ``(N,)``.
+    """
+    bad = ~torch.isfinite(eps.reshape(eps.shape[0], -1)).all(dim=1)
+    if not bool(bad.any()):
+        return eps
+    steps = sorted({int(s) for s in t[bad].tolist()})
+    msg = (f"{name} is not finite (NaN or inf) for {int(bad.sum())} of {eps.shape[0]} inputs, "
+           f"at timesteps {steps}")
+    if nan_policy == "raise":
+        raise FloatingPointError(msg + "; pass nan_policy='zero' to zero them instead")
+    warnings.warn(msg + "; zeroed (nan_policy='zero')", RuntimeWarning, stacklevel=3)
+    return torch.where(bad.reshape((-1,) + (1,) * (eps.ndim - 1)), torch.zeros_like(eps), eps)
+
+
+def _check_inputs(x_t, t, T: int):
+    if not isinstance(x_t, torch.Tensor) or x_t.ndim < 2 or not x_t.is_floating_point():
+        raise TypeError(f"x_t must be a floating tensor of shape (N, C, H, W), got "
+                        f"{type(x_t).__name__} {getattr(x_t, 'shape', '')}")
+    if not isinstance(t, torch.Tensor) or t.shape != x_t.shape[:1] or t.is_floating_point():
+        raise ValueError(f"t must be an integer tensor of shape ({x_t.shape[0]},) like x_t's "
+                         f"first axis, got {type(t).__name__} {getattr(t, 'shape', '')} "
+                         f"{getattr(t, 'dtype', '')}")
+    if t.device != x_t.device:
+        raise ValueError(f"t is on {t.device} but x_t is on {x_t.device}; put both on one device")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= T):
+        raise ValueError(f"t must lie in [0, {T}), got values in [{int(t.min())}, {int(t.max())}]")
+
+
+def _coefficients(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor):
+    # alpha_t, sigma_t in float64, then cast, broadcastable against `like`.
+    abar = alphas_cumprod.to(device=like.device, dtype=torch.float64)[t]
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    return abar.sqrt().to(like.dtype).reshape(shape), (1.0 - abar).sqrt().to(like.dtype).reshape(shape)
+
+
+def _rows(value, n: int, name: str):
+    # Conditioning with leading dim 1 or n, broadcast to n rows.
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or None, got {type(value).__name__}")
+    if value.ndim == 0 or value.shape[0] not in (1, n):
+        raise ValueError(f"{name} must have leading dimension 1 or {n} (one row per input), "
+                         f"got shape {tuple(value.shape)}")
+    return value.expand(n, *value.shape[1:]) if value.shape[0] == 1 else value
+
+
+class DiffusersTeacher:
+    r"""A diffusers UNet and its scheduler as a :class:`Teacher`.
+
+    $\bar\alpha_t$ comes from the scheduler (``DDPMScheduler``, ``DDIMScheduler``
+    or any scheduler with ``alphas_cumprod``), the prediction type from its
+    config. The ``N`` inputs (all $R K$ noisy copies, twice that under CFG) are
+    evaluated in chunks of at most ``max_batch_size``; every chunk is an
+    independent forward pass, so the result does not depend on the chunk size
+    (up to the backend's batch-size-dependent rounding, ~1e-6 in float32).
+
+    Args:
+        unet: ``UNet2DModel`` (condition = ``class_labels``) or ``UNet2DConditionModel``
+            (condition = ``encoder_hidden_states``, shape ``(N or 1, L, D)``).
+        scheduler: provides ``alphas_cumprod`` and ``config.prediction_type``.
+        vae: optional ``AutoencoderKL``; makes this a latent teacher (:meth:`encode`).
+        max_batch_size: largest batch sent to the UNet in one call.
+        nan_policy: ``"raise"`` (default) or ``"zero"`` (see :func:`check_finite`).
+        check_finite: set ``False`` to skip the finiteness check (saves a device sync).
+
+    The wrapper does not change ``requires_grad`` of the modules: freeze them
+    (``unet.requires_grad_(False)``) for distillation; keep them trainable for attribution.
+    """
+
+    def __init__(self, unet, scheduler, vae=None, *, max_batch_size: int = 64,
+                 prediction_type: str | None = None, nan_policy: str = "raise",
+                 check_finite: bool = True):
+        abar = getattr(scheduler, "alphas_cumprod", None)
+        if abar is None:
+            raise TypeError(f"scheduler must have alphas_cumprod (a DDPM/DDIM scheduler), got "
+                            f"{type(scheduler).__name__}")
+        pred = prediction_type or getattr(getattr(scheduler, "config", None), "prediction_type",
+                                          "epsilon")
+        if pred not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {pred!r}")
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        self.unet, self.scheduler, self.vae = unet, scheduler, vae
+        self.prediction_type = pred
+        self.max_batch_size = max_batch_size
+        self.nan_policy = nan_policy
+        self.check_finite = check_finite
+        param = next(unet.parameters())
+        self.alphas_cumprod = torch.as_tensor(abar).to(device=param.device, dtype=torch.float64)
+        self._conditional = "encoder_hidden_states" in inspect.signature(unet.forward).parameters
+
+    @property
+    def device(self) -> torch.device:
+        """The UNet's device."""
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The UNet's parameter dtype."""
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def is_latent(self) -> bool:
+        """Whether an ``AutoencoderKL`` maps images to this teacher's inputs."""
+        return self.vae is not None
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""Latents $z = s_{\rm vae}\,\mathcal E(2\,\text{images} - 1)$, differentiable in ``images``.
+
+        Args:
+            images: ``(B, 3, H, W)`` in $[0, 1]$ (mapped to $[-1, 1]$ as threestudio does).
+            generator: sample the posterior with it; ``None`` takes its mean (deterministic).
+        """
+        if self.vae is None:
+            raise ValueError("encode needs a vae; this DiffusersTeacher was built without one")
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError(f"images must be a (B, C, H, W) tensor, got "
+                             f"{getattr(images, 'shape', type(images).__name__)}")
+        dist = self.vae.encode(2.0 * images.to(self.vae.dtype) - 1.0).latent_dist
+        z = dist.mean if generator is None else dist.sample(generator=generator)
+        return z * self.vae.config.scaling_factor
+
+    def _model(self, x, t, cond):
+        if self._conditional:
+            if cond is None:
+                raise ValueError("a UNet2DConditionModel needs condition (encoder_hidden_states, "
+                                 "shape (N or 1, L, D)), got None")
+            return self.unet(x, t, encoder_hidden_states=cond).sample
+        return self.unet(x, t, class_labels=cond).sample
+
+    def _to_epsilon(self, out, x_t, t):
+        if self.prediction_type == "epsilon":
+            return out
+        alpha, sigma = _coefficients(self.alphas_cumprod, t, x_t)
+        if self.prediction_type == "v_prediction":
+            return alpha * out + sigma * x_t
+        return (x_t - alpha * out) / sigma
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, condition=None, *, uncond=None,
+                      guidance_scale: float = 1.0) -> torch.Tensor:
+        r"""$\hat\epsilon$ of shape ``(N, C, H, W)``, with CFG when ``guidance_scale != 1``.
+
+        Args:
+            x_t: noisy inputs, ``(N, C, H, W)`` on the UNet's device.
+            t: integer timesteps, ``(N,)``.
+            condition: $y$ (leading dim 1 or ``N``), or ``None``.
+            uncond: $\varnothing$ for CFG (leading dim 1 or ``N``); needed when ``guidance_scale != 1``.
+            guidance_scale: $s$.
+        """
+        _check_inputs(x_t, t, self.alphas_cumprod.shape[0])
+        if x_t.device != self.device:
+            raise ValueError(f"x_t is on {x_t.device} but the UNet is on {self.device}")
+        N = x_t.shape[0]
+        cond, unc = _rows(condition, N, "condition"), _rows(uncond, N, "uncond")
+        cfg = float(guidance_scale) != 1.0
+        if cfg and unc is None:
+            raise ValueError(f"guidance_scale = {guidance_scale} needs uncond (the null condition); "
+                             "pass uncond or guidance_scale=1.0")
+        x_in = x_t.to(self.dtype)
+        out = []
+        # 1. Chunks of whole inputs; under CFG a chunk holds (uncond, cond) pairs.
+        step = max(1, self.max_batch_size // 2) if cfg else self.max_batch_size
+        for a in range(0, N, step):
+            b = min(a + step, N)
+            xs, ts = x_in[a:b], t[a:b]
+            if cfg:
+                both = self._model(torch.cat([xs, xs]), torch.cat([ts, ts]),
+                                   torch.cat([unc[a:b], cond[a:b]]))
+                e_u, e_c = self._to_epsilon(both, torch.cat([xs, xs]), torch.cat([ts, ts])).chunk(2)
+                # 2. CFG on epsilon (after conversion, so it is the same for every parameterisation).
+                out.append(e_u + guidance_scale * (e_c - e_u))
+            else:
+                out.append(self._to_epsilon(self._model(xs, ts, None if cond is None else cond[a:b]),
+                                            xs, ts))
+        eps = torch.cat(out).to(x_t.dtype)
+        return check_finite(eps, t, self.nan_policy) if self.check_finite else eps
+
+    __call__ = predict_noise
+
+
+class GaussianMixtureTeacher:
+    r"""The exact epsilon-prediction of a diagonal Gaussian mixture $p_0 = \sum_m \pi_m \mathcal N(\mu_m, \operatorname{diag} s_m^2)$.
+
+    Noising gives $p_t = \sum_m \pi_m \mathcal N(\alpha_t\mu_m, \operatorname{diag} v_{m,t})$ with
+    $v_{m,t} = \alpha_t^2 s_m^2 + \sigma_t^2$, whose score is
+    $\nabla\log p_t(x) = -\sum_m \gamma_m(x)\,(x - \alpha_t\mu_m)/v_{m,t}$,
+    $\gamma = \operatorname{softmax}_m\big(\log\pi_m - \tfrac12\sum_d[\log v_{m,t,d} + (x_d - \alpha_t\mu_{m,d})^2/v_{m,t,d}]\big)$.
+    The minimum-MSE noise prediction is $\hat\epsilon(x, t) = -\sigma_t\nabla\log p_t(x)$.
+
+    Inputs of shape ``(N, *S)`` are flattened to $D = \prod S$ coordinates.
+    Differentiable in ``x_t`` (and in ``means``/``log_weights`` if they require grad);
+    no parameters of its own.
+
+    Args:
+        means: $\mu$, shape ``(M, D)``.
+        variances: $s^2$, a float, shape ``(M,)`` (isotropic) or ``(M, D)`` (diagonal).
+        alphas_cumprod: $\bar\alpha_t$, shape ``(T,)``.
+        log_weights: $\log\pi$ up to a constant, shape ``(M,)``; ``None`` for equal weights.
+
+    ``condition`` (optional, ``(N or 1, M)`` log-weights) replaces $\log\pi$; with CFG the
+    unconditional model is the mixture's own weights unless ``uncond`` is given.
+
+    Example:
+        >>> import torch
+        >>> abar = torch.linspace(0.99, 0.01, 10, dtype=torch.float64)
+        >>> g = GaussianMixtureTeacher(torch.zeros(1, 2, dtype=torch.float64), 1.0, abar)
+        >>> g.predict_noise(torch.ones(1, 2, dtype=torch.float64), torch.tensor([3])).tolist()
+        [[0.5802298395176403, 0.5802298395176403]]
+    """
+
+    def __init__(self, means: torch.Tensor, variances, alphas_cumprod: torch.Tensor,
+                 log_weights: torch.Tensor | None = None, *, nan_policy: str = "raise"):
+        means = torch.as_tensor(means)
+        if means.ndim != 2 or not means.is_floating_point():
+            raise ValueError(f"means must be a floating tensor of shape (M, D), got "
+                             f"{tuple(means.shape)} {means.dtype}")
+        M, D = means.shape
+        var = torch.as_tensor(variances, dtype=means.dtype, device=means.device)
+        if var.ndim == 0:
+            var = var.expand(M)
+        if var.shape == (M,):
+            var = var[:, None].expand(M, D)
+        if var.shape != (M, D) or bool((var <= 0).any()):
+            raise ValueError(f"variances must be positive with shape (), ({M},) or ({M}, {D}), "
+                             f"got {tuple(var.shape)}")
+        abar = torch.as_tensor(alphas_cumprod).to(device=means.device, dtype=torch.float64)
+        if abar.ndim != 1 or bool((abar <= 0).any()) or bool((abar > 1).any()):
+            raise ValueError("alphas_cumprod must be 1-D with values in (0, 1]")
+        lw = torch.zeros(M, dtype=means.dtype, device=means.device) if log_weights is None \
+            else torch.as_tensor(log_weights)
+        if lw.shape != (M,):
+            raise ValueError(f"log_weights must have shape ({M},), got {tuple(lw.shape)}")
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        self.means, self.variances, self.log_weights = means, var, lw
+        self.alphas_cumprod = abar
+        self.nan_policy = nan_policy
+
+    def to(self, device=None, dtype=None) -> "GaussianMixtureTeacher":
+        """A copy on another device/dtype (``alphas_cumprod`` stays float64)."""
+        kw = {"device": device, "dtype": dtype}
+        return GaussianMixtureTeacher(self.means.to(**kw), self.variances.to(**kw),
+                                      self.alphas_cumprod.to(device=device),
+                                      self.log_weights.to(**kw), nan_policy=self.nan_policy)
+
+    def score(self, x_t: torch.Tensor, t: torch.Tensor, log_weights: torch.Tensor | None = None):
+        r"""$\nabla\log p_t(x_t)$, shape like ``x_t`` ``(N, *S)``."""
+        _check_inputs(x_t, t, self.alphas_cumprod.shape[0])
+        N = x_t.shape[0]
+        x = x_t.reshape(N, 1, -1)
+        if x.shape[-1] != self.means.shape[1]:
+            raise ValueError(f"x_t has {x.shape[-1]} coordinates per input, the mixture has "
+                             f"D = {self.means.shape[1]}")
+        alpha, sigma = _coefficients(self.alphas_cumprod, t, x)
+        mu = self.means.to(x.dtype)[None]
+        v = alpha**2 * self.variances.to(x.dtype)[None] + sigma**2       # (N, M, D)
+        diff = x - alpha * mu                                              # (N, M, D)
+        lw = self.log_weights.to(x.dtype)[None] if log_weights is None else log_weights.to(x.dtype)
+        logits = lw - 0.5 * (v.log() + diff**2 / v).sum(-1)                # (N, M)
+        gamma = torch.softmax(logits, dim=-1)
+        return -(gamma[..., None] * diff / v).sum(1).reshape(x_t.shape)
+
+    def _eps(self, x_t, t, log_weights):
+        sigma = _coefficients(self.alphas_cumprod, t, x_t)[1]
+        return -sigma * self.score(x_t, t, log_weights)
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, condition=None, *, uncond=None,
+                      guidance_scale: float = 1.0) -> torch.Tensor:
+        r"""$\hat\epsilon(x_t, t) = -\sigma_t\nabla\log p_t(x_t)$ (with CFG on log-weights), shape like ``x_t``."""
+        N = x_t.shape[0] if isinstance(x_t, torch.Tensor) and x_t.ndim else 0
+        cond = _rows(condition, N, "condition")
+        eps = self._eps(x_t, t, cond)
+        if float(guidance_scale) != 1.0:
+            if cond is None:
+                raise ValueError(f"guidance_scale = {guidance_scale} needs a condition "
+                                 "(log-weights of shape (N or 1, M))")
+            e_u = self._eps(x_t, t, _rows(uncond, N, "uncond"))
+            eps = e_u + guidance_scale * (eps - e_u)
+        return check_finite(eps, t, self.nan_policy)
+
+    __call__ = predict_noise
