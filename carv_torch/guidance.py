@@ -85,11 +85,14 @@ class GuidanceConfig:
         sampler: uniform design: ``iid``, ``stratified``, ``global``, ``sobol`` (or ``systematic``).
         antithetic: $(\epsilon, -\epsilon)$ pairs along $K$ (needs even $K$).
         K: inner draws per render, or ``"auto"``.
-        k_min, k_max, k_init: bounds and start of ``K="auto"``.
+        k_min: lower bound of ``K="auto"``.
+        k_max: upper bound of ``K="auto"``.
+        k_init: the first ``K`` of ``K="auto"``.
         decide_every: re-choose $K$ every this many calls.
         warmup: timings dropped before costs are used.
         fixed_costs: ``(c_u, c_d)`` injected instead of measured (reproducible ``K="auto"``).
-        max_batch_size: largest teacher batch (set on the teacher when it has the attribute).
+        max_batch_size: largest teacher batch, applied during each call (the teacher's own
+            setting is restored afterwards).
         guidance_scale: CFG scale.
         seed: seeds the module's generator.
     """
@@ -147,7 +150,8 @@ class CARVGuidance(nn.Module):
     (leading dim 1 or ``B``). Returns a dict: ``loss_sds``, ``grad_norm``, ``timesteps``
     ``(B, K)``, ``weights`` ``(B, K)``, ``K``, ``sigma_b2``, ``sigma_w2`` (this step's ANOVA,
     ``nan`` unless $B, K \ge 2$), ``variance``, ``min_step``, ``max_step``, ``c_u``, ``c_d``,
-    ``k_decision`` (a :class:`~carv_torch.accounting.KDecision` or ``None``).
+    ``k_decision`` (a :class:`~carv_torch.accounting.KDecision` or ``None``), and ``grad``
+    ($g_r$, detached, shape of the teacher input).
     """
 
     def __init__(self, teacher, config: GuidanceConfig | None = None):
@@ -157,8 +161,6 @@ class CARVGuidance(nn.Module):
         if not isinstance(abar, torch.Tensor):
             raise TypeError(f"teacher must have an alphas_cumprod tensor, got {type(teacher).__name__}")
         self.__dict__["teacher"] = teacher  # not a registered submodule
-        if hasattr(teacher, "max_batch_size"):
-            teacher.max_batch_size = config.max_batch_size
         self.device = abar.device
         self.T = int(abar.shape[0])
         self.schedule = DiscreteSchedule(abar.to(torch.float64))
@@ -243,12 +245,20 @@ class CARVGuidance(nn.Module):
         K = acc.K
         if cfg.antithetic and K % 2:
             K += 1 if K < acc.k_max else -1
-        with acc.measure("inner", n=R * K):
-            est = objectives.sds(teacher, x, K=K, p=p, q=q, design=cfg.sampler,
-                                 weighting=cfg.weighting, include_alpha=cfg.include_alpha,
-                                 condition=condition, uncond=uncond,
-                                 guidance_scale=cfg.guidance_scale, antithetic=cfg.antithetic,
-                                 generator=gen)
+        # The config's batch limit applies to this call only: the teacher may be shared.
+        own_batch = getattr(teacher, "max_batch_size", None)
+        if own_batch is not None:
+            teacher.max_batch_size = cfg.max_batch_size
+        try:
+            with acc.measure("inner", n=R * K):
+                est = objectives.sds(teacher, x, K=K, p=p, q=q, design=cfg.sampler,
+                                     weighting=cfg.weighting, include_alpha=cfg.include_alpha,
+                                     condition=condition, uncond=uncond,
+                                     guidance_scale=cfg.guidance_scale, antithetic=cfg.antithetic,
+                                     generator=gen)
+        finally:
+            if own_batch is not None:
+                teacher.max_batch_size = own_batch
         # Update only after the draw: the next step's q is fixed before its draw.
         if self._adaptive is not None:
             self._adaptive.update(est.t, est.sq_norm)
@@ -287,6 +297,15 @@ class CARVGuidance(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         """Restore :meth:`get_extra_state` output (via ``load_state_dict``)."""
         state = copy.deepcopy(state)
+        # Chunking does not change results; every other setting must match the checkpoint's.
+        saved, current = dict(state["config"]), asdict(self.config)
+        differ = sorted(k for k in set(saved) | set(current)
+                        if k != "max_batch_size" and saved.get(k) != current.get(k))
+        if differ:
+            raise ValueError(
+                "the checkpoint was written with another GuidanceConfig; differing fields: "
+                + ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})" for k in differ)
+            )
         self.calls, self.global_step = int(state["calls"]), int(state["global_step"])
         self._p_range = None if state["p_range"] is None else tuple(state["p_range"])
         self._adaptive = None if state["adaptive"] is None else \

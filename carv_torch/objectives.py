@@ -24,7 +24,7 @@ Integrands, with $x_t = \alpha_t x + \sigma_t\epsilon$ and the teacher's $\bar\a
 | :func:`dmd` | $w(t)\,(\hat\epsilon_{\rm real}(x_t, t, y) - \hat\epsilon_{\rm fake}(x_t, t))$ |
 | :func:`attribution` | $\nabla_\phi\, w(t)\,\tfrac1D\lVert\hat\epsilon_\phi(x_t, t, y) - \epsilon\rVert^2$ (features, not a gradient in $x$) |
 
-DMD sign: the KL gradient is $\mathbb E[(s_{\rm fake} - s_{\rm real})(x_t)\,\partial x/\partial\theta]$
+DMD sign: the KL gradient is $\mathbb E[(s_{\rm fake} - s_{\rm real})(x_t)\,\alpha_t\,\partial x/\partial\theta]$
 and $s = -\hat\epsilon/\sigma_t$, so $s_{\rm fake} - s_{\rm real} = (\hat\epsilon_{\rm real} - \hat\epsilon_{\rm fake})/\sigma_t$:
 descending $g$ moves $x$ toward the real distribution. SDS is the special case
 $\hat\epsilon_{\rm fake} = \epsilon$. DMD2's $x_0$-space residual is ``weighting``
@@ -78,7 +78,8 @@ class GradientEstimate(NamedTuple):
         grad: $g_r = \frac1K\sum_k \tilde w_{rk} f_{rk}$, shape ``(R, *S)`` like ``x`` (detached).
         loss: the surrogate $L$ (module docstring); ``loss.backward()`` gives $\hat G$.
         grad_norm: $\lVert g\rVert$ over all of ``grad`` (threestudio's ``grad_norm``).
-        t: timesteps, ``(R, K)``. w: importance weights $\tilde w$, ``(R, K)``.
+        t: timesteps, ``(R, K)``.
+        w: importance weights $\tilde w$, ``(R, K)``.
         sq_norm: $\lVert f_{rk}\rVert^2$ (unweighted), ``(R, K)``.
         variance: unbiased $\operatorname{tr}\widehat{\operatorname{Var}}$ of $\frac1R\sum_r g_r$ (``nan`` when $R = 1$).
         components: ANOVA :class:`~carv_torch.estimator.VarianceComponents` of $Y_{rk}$, or ``None`` unless $R, K \ge 2$.

@@ -32,6 +32,9 @@ PAGES = [
     "maths/variance-estimation/", "maths/figures-of-merit/", "maths/not-the-bottleneck/",
     # Maths outside the maths section: the home page and docstrings rendered by mkdocstrings.
     "", "api/allocation/", "api/estimator/",
+    # The carv_torch guides and the torch API pages with the most docstring maths.
+    "guides/text-to-3d/", "guides/dmd/", "guides/gpu/",
+    "api/torch/objectives/", "api/torch/teachers/", "api/torch/guidance/", "api/torch/accounting/",
 ]
 SCREENSHOT_PAGE = "maths/hierarchical/"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -15,6 +15,8 @@ MATHS_PAGES = [
 ]
 API_MODULES = ["schedules", "weighting", "distributions", "proposals", "sampling", "estimator",
                "allocation", "testing"]
+TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "sampling", "estimator",
+                     "allocation", "teachers", "objectives", "guidance", "accounting", "renderers"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -57,14 +59,20 @@ def test_maths_and_api_pages_exist(built_site):
         text = (built_site / "api" / module / "index.html").read_text()
         assert f"carv_core.{module}" in text
         assert 'class="doc doc-object' in text, f"api/{module} has no generated entries"
+    for module in TORCH_API_MODULES:
+        text = (built_site / "api" / "torch" / module / "index.html").read_text()
+        assert f"carv_torch.{module}" in text
+        assert 'class="doc doc-object' in text, f"api/torch/{module} has no generated entries"
+        assert 'class="arithmatex"' in text, f"api/torch/{module}: no maths rendered from the docstrings"
 
 
 def test_docstring_examples_render_as_code(built_site):
     # The griffe extension turns carv_core's "Example:" sections into code blocks.
-    text = (built_site / "api" / "allocation" / "index.html").read_text()
-    assert "&gt;&gt;&gt; </span>" in text
-    assert "<blockquote>" not in text
-    assert not re.search(r":(func|mod|class|data):`", text)
+    for page in ("api/allocation", "api/torch/objectives", "api/torch/teachers", "api/torch/guidance"):
+        text = (built_site / page / "index.html").read_text()
+        assert "&gt;&gt;&gt; </span>" in text, page
+        assert "<blockquote>" not in text, page
+        assert not re.search(r":(func|mod|class|meth|data):`", text), page
 
 
 def test_config_renders_offline(repo_root):

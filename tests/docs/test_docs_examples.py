@@ -1,4 +1,4 @@
-"""Every code example in the docs runs: fenced Python blocks in docs/ and carv_core's docstring examples.
+"""Every code example in the docs runs: fenced Python blocks in docs/ and the docstring examples of carv_core and carv_torch.
 
 The ``python`` blocks of one page run in order, as one script, in a fresh
 interpreter from the repository root. Put ``<!-- docs-test: skip -->`` on the
@@ -18,6 +18,7 @@ import sys
 import pytest
 
 import carv_core
+import carv_torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -50,7 +51,8 @@ def test_extractor():
 
 def test_docs_have_examples():
     names = {p.relative_to(DOCS).as_posix() for p in PAGES}
-    assert {"index.md", "guides/testing-a-sampler.md", "guides/choosing-k.md"} <= names
+    assert {"index.md", "guides/testing-a-sampler.md", "guides/choosing-k.md", "guides/text-to-3d.md",
+            "guides/dmd.md", "guides/gpu.md"} <= names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
@@ -66,7 +68,8 @@ def test_page_examples_run(page, tmp_path):
 
 
 MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(carv_core.__path__, prefix="carv_core.")
+    m.name for package in (carv_core, carv_torch)
+    for m in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + ".")
 )
 
 

@@ -148,3 +148,21 @@ def test_nan_from_teacher_is_reported_with_timesteps():
     g = CARVGuidance(bad, GuidanceConfig(K=2))
     with pytest.raises(FloatingPointError, match="timesteps"):
         g(images(0))
+
+
+
+def test_resume_with_another_config_is_refused():
+    g = CARVGuidance(teacher(), GuidanceConfig(K=2, seed=0))
+    other = CARVGuidance(teacher(), GuidanceConfig(K=4, seed=0))
+    with pytest.raises(ValueError, match=r"differing fields: K \(checkpoint 2, now 4\)"):
+        other.load_state_dict(g.state_dict())
+    # The chunk size does not change results, so it may differ.
+    CARVGuidance(teacher(), GuidanceConfig(K=2, seed=0, max_batch_size=7)).load_state_dict(g.state_dict())
+
+
+def test_guidance_does_not_change_the_shared_teacher():
+    shared = teacher()
+    shared.max_batch_size = 1024  # as a DiffusersTeacher built elsewhere would have
+    g = CARVGuidance(shared, GuidanceConfig(K=2, max_batch_size=1))
+    g(images(0))
+    assert shared.max_batch_size == 1024
