@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.carv-installed
 # torch: GPU users put their own CUDA torch in .venv first and it is kept (see README).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: test demo venv docs serve clean browser figures
+.PHONY: test demo demo-core venv docs serve clean browser figures
 
 venv: $(STAMP)
 
@@ -35,6 +35,9 @@ figures: $(STAMP)
 	MPLBACKEND=Agg $(PY) docs/scripts/make_figures.py
 
 demo: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.text_to_3d.demo
+
+demo-core: $(STAMP)
 	$(PY) -m benchmarks.core_demo
 
 docs: $(STAMP)

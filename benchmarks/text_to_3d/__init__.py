@@ -1,0 +1,1 @@
+"""Text-to-3D benchmark: procedural scenes, a tiny latent-diffusion teacher, NeRF + SDS."""
