@@ -175,6 +175,7 @@ class CARVGuidance(nn.Module):
         self.global_step = 0
         self.calls = 0
         self._p_range = None
+        self._fixed_pmfs = None
         self._adaptive = None
         self._last_stop = None
 
@@ -195,12 +196,16 @@ class CARVGuidance(nn.Module):
         cfg = self.config
         a = scheduled_value(cfg.min_step_percent, self.global_step)
         b = scheduled_value(cfg.max_step_percent, self.global_step)
-        p = uniform_timesteps(self.T, a, b).to(device=self.device, dtype=torch.float64)
-        if cfg.proposal == "uniform":
-            return p, p
-        if cfg.proposal == "weight":
-            return p, weight_heuristic(p, self.w_sds, cfg.delta).to(self.device)
         key = (a, b)
+        # p, and the weight-heuristic q, change only with the t range: build them on the
+        # host once per range, not once per call.
+        if self._fixed_pmfs is None or self._fixed_pmfs[0] != key:
+            p = uniform_timesteps(self.T, a, b).to(device=self.device, dtype=torch.float64)
+            q = weight_heuristic(p, self.w_sds, cfg.delta).to(self.device) if cfg.proposal == "weight" else p
+            self._fixed_pmfs = (key, p, q)
+        _, p, q = self._fixed_pmfs
+        if cfg.proposal != "adaptive":
+            return p, q
         if self._adaptive is None:
             self._adaptive = AdaptiveProposal(p, n_bins=min(cfg.adaptive_bins, self.T),
                                               decay=cfg.adaptive_decay, delta=cfg.delta,

@@ -30,7 +30,7 @@ import torch
 from .nerf import make_nerf, measure_costs
 from .pipeline import BASELINE, Method, TrainSettings, eval_reference, oracle_from_draws, train
 from .scenes import PROMPTS, check_scene_index, render
-from .study import (_carv_e2e_method, _jsonable, _plt, ecm_table, measure_configs, reference_gradient,
+from .study import (_carv_e2e_method, _jsonable, _plt, image_strips, ecm_table, measure_configs, reference_gradient,
                     time_to_reach)
 from .teacher import load_teacher, null_condition, teacher_condition
 
@@ -45,18 +45,6 @@ def demo_methods(K_eq: int) -> list[Method]:
     return ([BASELINE] + [Method(f"uniform R=1 K={K}", 1, K, "uniform", "iid") for K in Ks]
             + [Method(f"IS+strat R=1 K={K}", 1, K, "weight", "stratified") for K in Ks]
             + [Method("K=auto R=2 IS+strat", 2, "auto", "weight", "stratified")])
-
-
-def _grid_figure(rows, path: Path, titles):
-    plt = _plt()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.2 * rows[0].shape[0], 1.45 * len(rows)), squeeze=False)
-    for ax, row, title in zip(axes[:, 0], rows, titles):
-        ax.imshow(torch.cat(list(row.permute(0, 2, 3, 1)), dim=1).numpy().clip(0, 1))
-        ax.set_title(title, fontsize=8, loc="left")
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run_demo(prompt: int = 0, seconds: float = 75.0, out: Path = DEFAULT_OUT, *, reps: int = 12,
@@ -116,11 +104,11 @@ def run_demo(prompt: int = 0, seconds: float = 75.0, out: Path = DEFAULT_OUT, *,
     print("[4/4] writing the report", flush=True)
     # Render grids: ground truth, then each run's final views; and each run over time.
     finals = [ref.images[[0, 2, 4, 6]]] + [snaps[n][-1][1] for n in runs]
-    _grid_figure(finals, out / "renders_final.png",
+    image_strips(finals, out / "renders_final.png",
                  ["ground truth"] + [f"{n} (after {runs[n].train_seconds:.0f} s)" for n in runs])
     for n, tag in zip(runs, ("baseline", "carv")):
         pick = np.linspace(0, len(snaps[n]) - 1, min(5, len(snaps[n]))).round().astype(int)
-        _grid_figure([snaps[n][i][1] for i in pick], out / f"renders_{tag}_progress.png",
+        image_strips([snaps[n][i][1] for i in pick], out / f"renders_{tag}_progress.png",
                      [f"{n}: t = {snaps[n][i][0]:.0f} s" for i in pick])
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.1))

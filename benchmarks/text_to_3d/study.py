@@ -604,21 +604,28 @@ def _plt():
     return plt
 
 
-def _render_grid(renders: dict, names: list[str], path: Path, views=(0, 2, 4, 6)):
+def image_strips(rows, path: Path, titles, *, fontsize: int = 8, width_per_image: float = 1.2) -> None:
+    """One horizontal strip of ``(n, 3, H, W)`` images per row, titled, saved as a PNG."""
     plt = _plt()
-    rows = []
-    for k, d in renders.items():
-        for label, key in [("ground truth", "gt")] + [(n, n) for n in names]:
-            if key in d:
-                rows.append((f"{PROMPTS[k]}: {label}", d[key][list(views)]))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.3 * len(views), 1.45 * len(rows)), squeeze=False)
-    for ax, (title, imgs) in zip(axes[:, 0], rows):
-        ax.imshow(torch.cat(list(imgs.permute(0, 2, 3, 1)), dim=1).numpy().clip(0, 1))
-        ax.set_title(title, fontsize=7, loc="left")
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width_per_image * rows[0].shape[0], 1.45 * len(rows)),
+                             squeeze=False)
+    for ax, row, title in zip(axes[:, 0], rows, titles):
+        ax.imshow(torch.cat(list(row.permute(0, 2, 3, 1)), dim=1).numpy().clip(0, 1))
+        ax.set_title(title, fontsize=fontsize, loc="left")
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _render_grid(renders: dict, names: list[str], path: Path, views=(0, 2, 4, 6)):
+    rows, titles = [], []
+    for k, d in renders.items():
+        for label, key in [("ground truth", "gt")] + [(n, n) for n in names]:
+            if key in d:
+                titles.append(f"{PROMPTS[k]}: {label}")
+                rows.append(d[key][list(views)])
+    image_strips(rows, path, titles, fontsize=7, width_per_image=1.3)
 
 
 def make_figures(rec: dict, out: Path) -> list[str]:
