@@ -87,6 +87,7 @@ __all__ = [
 
 # Torch-only modules: teachers, objectives, guidance, accounting, renderers.
 from .accounting import KIND_NAMES, Accountant, KDecision  # noqa: E402
+from .estimator import split_half_components  # noqa: E402
 from .guidance import PROPOSALS, SAMPLERS, CARVGuidance, GuidanceConfig, scheduled_value  # noqa: E402
 from .objectives import (  # noqa: E402
     AttributionEstimate,
@@ -109,7 +110,7 @@ from .teachers import (  # noqa: E402
 )
 
 __all__ += [
-    "KIND_NAMES", "Accountant", "KDecision",
+    "KIND_NAMES", "Accountant", "KDecision", "split_half_components",
     "PROPOSALS", "SAMPLERS", "CARVGuidance", "GuidanceConfig", "scheduled_value",
     "AttributionEstimate", "GradientEstimate", "InnerDraws", "attribution", "dmd", "draw_inner",
     "sds", "surrogate_loss",

@@ -15,6 +15,19 @@ Per call:
 3. $K$ fixed, or (``K="auto"``) the :class:`~carv_torch.accounting.Accountant`'s choice
    from measured $c_u$, $c_d$ and running $\sigma_B^2$, $\sigma_W^2$.
 
+**Variance probes** (``K="auto"``). $K^\star$ depends on the variance of the *parameter*
+gradient $\frac1R\sum_r J_r^\top \bar Y_r$, not of $\bar Y_r$ itself: the Jacobian of the
+render maps different cameras onto different parameters, so the between-render
+variance in the teacher's input space can be ~0 while in parameter space it
+dominates (measured on the text-to-3D benchmark). Every ``probe_every``-th call is a
+probe: its inner draws are i.i.d. from $q$ (no stratification or antithetic pairs,
+which bias the split-half and ANOVA estimates; the step stays unbiased), and, when
+``params`` is passed, $R + 1$ vector-Jacobian products give the parameter-space
+components of :func:`~carv_torch.estimator.split_half_components`, which feed the
+accountant. Without ``params`` the probe falls back to the ANOVA of the teacher
+input (right when the input *is* the parameter, e.g. image-space SDS) and warns once.
+Probe work is excluded from the timed $c_u$ and $c_d$ but is part of a run's wall-clock.
+
 The upstream cost $c_u$ is timed as the wall time from the end of one call to
 the start of the next (render, backward, optimiser step), per image; the teacher
 cost $c_d$ is timed inside the call, per draw. Checkpoints: ``state_dict()`` holds the adaptive
@@ -26,6 +39,7 @@ on CPU (with a fixed $K$ or injected costs; see :mod:`carv_torch.accounting`).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Sequence, Union
 
@@ -35,6 +49,7 @@ from torch import nn
 from . import objectives
 from .accounting import Accountant
 from .distributions import uniform_timesteps
+from .estimator import split_half_components
 from .proposals import AdaptiveProposal, weight_heuristic
 from .schedules import DiscreteSchedule
 from .weighting import sds_weight
@@ -89,6 +104,7 @@ class GuidanceConfig:
         k_max: upper bound of ``K="auto"``.
         k_init: the first ``K`` of ``K="auto"``.
         decide_every: re-choose $K$ every this many calls.
+        probe_every: with ``K="auto"``, every this many calls is a variance probe (module docstring).
         warmup: timings dropped before costs are used.
         fixed_costs: ``(c_u, c_d)`` injected instead of measured (reproducible ``K="auto"``).
         max_batch_size: largest teacher batch, applied during each call (the teacher's own
@@ -112,6 +128,7 @@ class GuidanceConfig:
     k_max: int = 32
     k_init: int = 4
     decide_every: int = 1
+    probe_every: int = 20
     warmup: int = 2
     fixed_costs: Union[tuple, None] = field(default=None)
     max_batch_size: int = 64
@@ -133,6 +150,10 @@ class GuidanceConfig:
         if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) \
                 or self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
+        for name in ("decide_every", "probe_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if not 0.0 < float(self.delta) <= 1.0:
             raise ValueError(f"delta must lie in (0, 1], got {self.delta!r}")
 
@@ -147,9 +168,13 @@ class CARVGuidance(nn.Module):
 
     Call with ``rgb`` ``(B, C, H, W)`` (images in $[0, 1]$ for a latent teacher, which
     encodes them; otherwise the teacher's input space), optional ``condition``/``uncond``
-    (leading dim 1 or ``B``). Returns a dict: ``loss_sds``, ``grad_norm``, ``timesteps``
-    ``(B, K)``, ``weights`` ``(B, K)``, ``K``, ``sigma_b2``, ``sigma_w2`` (this step's ANOVA,
-    ``nan`` unless $B, K \ge 2$), ``variance``, ``min_step``, ``max_step``, ``c_u``, ``c_d``,
+    (leading dim 1 or ``B``), and, with ``K="auto"``, ``params``: the parameters the loss is
+    differentiated for (e.g. ``nerf.parameters()``), for the variance probes.
+    Returns a dict: ``loss_sds``, ``grad_norm``, ``timesteps``
+    ``(B, K)``, ``weights`` ``(B, K)``, ``K``, ``sigma_b2``, ``sigma_w2`` (this step's ANOVA in
+    the teacher's input space, ``nan`` unless $B, K \ge 2$), ``probe`` (``None``, or the
+    :class:`~carv_torch.estimator.VarianceComponents` a probe fed the accountant),
+    ``variance``, ``min_step``, ``max_step``, ``c_u``, ``c_d``,
     ``k_decision`` (a :class:`~carv_torch.accounting.KDecision` or ``None``), and ``grad``
     ($g_r$, detached, shape of the teacher input).
     """
@@ -178,6 +203,8 @@ class CARVGuidance(nn.Module):
         self._fixed_pmfs = None
         self._adaptive = None
         self._last_stop = None
+        self._warned_input_space = False
+        self._warned_single = False
 
     # ------------------------------------------------------------------ schedule
 
@@ -233,10 +260,49 @@ class CARVGuidance(nn.Module):
         if not bool(torch.isfinite(rgb).all()):
             raise ValueError("rgb must be finite, got NaN or inf in the rendered images")
 
+    @staticmethod
+    def _check_params(params) -> list[torch.Tensor] | None:
+        if params is None:
+            return None
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"params must be an iterable of tensors, got {type(params).__name__}") from None
+        if not params or not all(isinstance(q, torch.Tensor) and q.requires_grad for q in params):
+            raise ValueError("params must be a non-empty iterable of tensors that require grad "
+                             "(e.g. nerf.parameters())")
+        return params
+
+    def _probe(self, x: torch.Tensor, est, params, R: int):
+        # Parameter-space split-half components from R + 1 vector-Jacobian products of x.
+        h = est.K // 2
+        Y = est.values.to(x.dtype)
+        half_a, half_b = Y[:, :h].mean(1), Y[:, h:2 * h].mean(1)
+        rows = (half_a + half_b) / 2
+
+        def vjp(grad_x):
+            gs = torch.autograd.grad(x, params, grad_outputs=grad_x, retain_graph=True,
+                                     allow_unused=True)
+            return torch.cat([(torch.zeros_like(q) if g is None else g).reshape(-1)
+                              for q, g in zip(params, gs)])
+
+        v_a, v_b = vjp(half_a / R), vjp(half_b / R)
+        u = []
+        for r in range(R - 1):
+            e = torch.zeros_like(rows)
+            e[r] = rows[r]
+            u.append(vjp(e))
+        u.append(R * (v_a + v_b) / 2 - sum(u))  # the last row by linearity
+        return split_half_components(v_a, v_b, torch.stack(u), h)
+
     def forward(self, rgb: torch.Tensor, condition=None, uncond=None, *,
-                rgb_as_latents: bool = False, generator: torch.Generator | None = None) -> dict:
+                rgb_as_latents: bool = False, generator: torch.Generator | None = None,
+                params=None) -> dict:
         """One guidance step; see the class docstring for the returned keys."""
         self._check_rgb(rgb)
+        params = self._check_params(params)
         acc, cfg = self.accountant, self.config
         gen = self.generator if generator is None else generator
         start = acc.marker()
@@ -250,17 +316,26 @@ class CARVGuidance(nn.Module):
         K = acc.K
         if cfg.antithetic and K % 2:
             K += 1 if K < acc.k_max else -1
+        probe = cfg.K == "auto" and R >= 2 and K >= 2 and self.calls % cfg.probe_every == 0
+        if cfg.K == "auto" and R < 2 and not self._warned_single:
+            warnings.warn(f"K='auto' needs >= 2 upstream samples per call to estimate sigma_B^2; "
+                          f"got {R}, so K stays at {K}", UserWarning, stacklevel=2)
+            self._warned_single = True
+        if probe and params is not None and not x.requires_grad:
+            raise ValueError("params were given but the teacher input does not require grad: "
+                             "render with autograd on, or drop params")
         # The config's batch limit applies to this call only: the teacher may be shared.
         own_batch = getattr(teacher, "max_batch_size", None)
         if own_batch is not None:
             teacher.max_batch_size = cfg.max_batch_size
         try:
             with acc.measure("inner", n=R * K):
-                est = objectives.sds(teacher, x, K=K, p=p, q=q, design=cfg.sampler,
+                est = objectives.sds(teacher, x, K=K, p=p, q=q,
+                                     design="iid" if probe else cfg.sampler,
                                      weighting=cfg.weighting, include_alpha=cfg.include_alpha,
                                      condition=condition, uncond=uncond,
-                                     guidance_scale=cfg.guidance_scale, antithetic=cfg.antithetic,
-                                     generator=gen)
+                                     guidance_scale=cfg.guidance_scale,
+                                     antithetic=cfg.antithetic and not probe, generator=gen)
         finally:
             if own_batch is not None:
                 teacher.max_batch_size = own_batch
@@ -270,7 +345,19 @@ class CARVGuidance(nn.Module):
         sb = sw = float("nan")
         if est.components is not None:
             sb, sw = float(est.components.sigma_b2), float(est.components.sigma_w2)
-            acc.observe(sb, sw)
+        probed = None
+        if probe:
+            if params is not None:
+                probed = self._probe(x, est, params, R)
+            else:
+                if not self._warned_input_space:
+                    warnings.warn("K='auto' without params: choosing K from variance components in "
+                                  "the teacher's input space, which can differ greatly from the "
+                                  "parameter gradient's; pass params=... (module docstring)",
+                                  UserWarning, stacklevel=2)
+                    self._warned_input_space = True
+                probed = est.components
+            acc.observe(float(probed.sigma_b2), float(probed.sigma_w2))
         decision = None
         if cfg.K == "auto" and (self.calls + 1) % cfg.decide_every == 0:
             decision = acc.decide(self.calls)
@@ -278,7 +365,7 @@ class CARVGuidance(nn.Module):
         lo, hi = self.step_range()
         out = {
             "loss_sds": est.loss, "grad_norm": est.grad_norm, "timesteps": est.t,
-            "weights": est.w, "K": K, "sigma_b2": sb, "sigma_w2": sw,
+            "weights": est.w, "K": K, "sigma_b2": sb, "sigma_w2": sw, "probe": probed,
             "variance": float(est.variance), "min_step": lo, "max_step": hi,
             "c_u": acc.c_u, "c_d": acc.c_d, "k_decision": decision, "grad": est.grad,
         }

@@ -84,6 +84,8 @@ class GradientEstimate(NamedTuple):
         variance: unbiased $\operatorname{tr}\widehat{\operatorname{Var}}$ of $\frac1R\sum_r g_r$ (``nan`` when $R = 1$).
         components: ANOVA :class:`~carv_torch.estimator.VarianceComponents` of $Y_{rk}$, or ``None`` unless $R, K \ge 2$.
         K: inner draws per upstream sample.
+        values: the weighted draws $Y_{rk} = \tilde w_{rk} f_{rk}$, ``(R, K, *S)`` (detached), from
+            which parameter-space variance components are probed (:mod:`carv_torch.guidance`).
     """
 
     grad: torch.Tensor
@@ -95,6 +97,7 @@ class GradientEstimate(NamedTuple):
     variance: Any
     components: Any
     K: int
+    values: Any = None
 
 
 class AttributionEstimate(NamedTuple):
@@ -220,8 +223,9 @@ def _estimate(x: torch.Tensor, f: torch.Tensor, draws: InnerDraws, K: int) -> Gr
     grad = est.row_means.to(x.dtype)
     components = variance_components(f, w) if (R >= 2 and K >= 2) else None
     sq_norm = f.reshape(R, K, -1).pow(2).sum(-1)
+    Y = f * _expand(w, f)
     return GradientEstimate(grad, surrogate_loss(x, grad), grad.norm(), draws.t, draws.w,
-                            sq_norm, est.variance, components, K)
+                            sq_norm, est.variance, components, K, Y)
 
 
 # --------------------------------------------------------------------------- objectives

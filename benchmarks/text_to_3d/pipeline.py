@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 T_RANGE = (0.02, 0.98)
-"""$p$: uniform on $[\lfloor 0.02T\rfloor, \lfloor 0.98T\rfloor]$ (threestudio's default)."""
+r"""$p$: uniform on $[\lfloor 0.02T\rfloor, \lfloor 0.98T\rfloor]$ (threestudio's default)."""
 
 
 @dataclass(frozen=True)
@@ -151,20 +151,21 @@ def oracle_from_draws(t: torch.Tensor, sq_norm: torch.Tensor, T: int, *, n_bins:
 
 
 class StepInfo(NamedTuple):
-    """One gradient step: the number of draws per render used, and the timesteps."""
+    """One gradient step: draws per render used, the timesteps, the renders, and whether it was a variance probe."""
 
     K: int
     timesteps: torch.Tensor
     images: torch.Tensor
+    probe: bool = False
 
 
 def gradient_step(nerf: GridRenderer, guidance: CARVGuidance, cameras, condition, uncond) -> StepInfo:
     r"""Render, guide, backward: leaves $\hat G$ in ``nerf``'s ``.grad`` (zeroed first)."""
     nerf.zero_grad(set_to_none=True)
     images = nerf(cameras)
-    out = guidance(images, condition, uncond)
+    out = guidance(images, condition, uncond, params=nerf_parameters(nerf))
     out["loss_sds"].backward()
-    return StepInfo(int(out["K"]), out["timesteps"], images.detach())
+    return StepInfo(int(out["K"]), out["timesteps"], images.detach(), out["probe"] is not None)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -133,3 +133,17 @@ def test_run_study_and_report(tmp_path, teacher):
     for fig in ("variance_vs_compute.png", "ecm_vs_k.png", "ecm_vs_ratio.png", "quality_vs_wallclock.png"):
         assert (tmp_path / fig).stat().st_size > 1000
     assert json.loads((tmp_path / "study.json").read_text())["mode"] == "smoke"
+
+    # The equal-wall-clock comparison of a costlier (R, K) against the study's own baseline runs.
+    extra = study.extra_end_to_end(rec, teacher, None, pipeline.Method("IS+strat (R=2, K=2)", 2, 2, "weight",
+                                                                       "stratified"),
+                                   [0], settings=pipeline.TrainSettings(**TINY), progress=False)
+    assert len(extra["runs"]) == 1 and extra["runs"][0]["steps"] > 0
+    assert set(extra["metrics"]) == {"psnr", "iou", "prob"}
+    assert extra["metrics"]["psnr"]["baseline_final"] == pytest.approx(
+        rec["e2e"]["summary"]["metrics"]["psnr"]["baseline_final"])   # one run each: same curve end
+    rec["e2e_extra"] = extra
+    assert "The best-ECM configuration at equal wall-clock" in study.render_page(rec, "")
+    with pytest.raises(ValueError, match="no baseline run for prompt 0, seed 5"):
+        study.extra_end_to_end(rec, teacher, None, pipeline.BASELINE, [5],
+                               settings=pipeline.TrainSettings(**TINY), progress=False)

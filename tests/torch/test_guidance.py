@@ -85,8 +85,9 @@ def test_t_range_schedule():
 def test_k_auto_moves_toward_allocator_choice_when_costs_change():
     cfg = GuidanceConfig(K="auto", k_min=2, k_max=64, k_init=4, fixed_costs=(1.0, 1.0), seed=1)
     g = CARVGuidance(teacher(), cfg)
-    for i in range(6):
-        g(images(i, B=4))
+    with pytest.warns(UserWarning, match="pass params"):   # x is the parameter here
+        for i in range(6):
+            g(images(i, B=4))
     acc = g.accountant
     cheap_k = acc.K
     assert cheap_k == min(max(carv_core.optimal_k(1.0, 1.0, max(acc.sigma_b2, 0), acc.sigma_w2, k_max=64), 2), 64)
@@ -103,7 +104,8 @@ def test_k_auto_moves_toward_allocator_choice_when_costs_change():
 def test_measured_costs_feed_the_accountant():
     g = CARVGuidance(teacher(), GuidanceConfig(K="auto", warmup=1))
     for i in range(4):
-        g(images(i))
+        x = images(i).requires_grad_(True)
+        g(x, params=[x])
     assert g.accountant.c_d > 0 and g.accountant.c_u > 0
 
 
