@@ -779,6 +779,20 @@ def _reach(seconds, fraction) -> tuple[str, str]:
     return f"{seconds:.1f} s", _f(fraction)
 
 
+def _quality_table(metrics: dict, final: str, reach: str, header: tuple) -> list[str]:
+    # Rows "metric | baseline final | <final> | <time to reach> | fraction" of an end-to-end table.
+    rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for k, v in metrics.items():
+        rows.append(f"| {k} | {_f(v['baseline_final'], 3)} | {_f(v[final], 3)} | "
+                    + " | ".join(_reach(v[reach], v['fraction'])) + " |")
+    return rows
+
+
+def _mean_steps(runs: list, method: str, seeds=None) -> float:
+    return float(np.mean([r["steps"] for r in runs
+                          if r["method"] == method and (seeds is None or r["seed"] in seeds)]))
+
+
 def _ceiling_paragraph(rec: dict) -> str:
     # What the fitted components allow: any method that changes only the inner draws
     # (t, eps, K) at R = 2 costs at least the baseline and keeps sigma_B^2 / 2, so its
@@ -889,11 +903,9 @@ def render_page(rec: dict, fig_prefix: str) -> str:
         L.append("## End to end\n")
         L.append(f"{n_runs} runs: prompts × seeds × {{baseline, {e['carv_method']['name']}}}, "
                  f"{sz['e2e_seconds']:.0f} s of training wall-clock each (evaluation excluded), Adam lr {st['lr']}.\n")
-        L.append("| metric | baseline final | CARV final | CARV time to baseline final | fraction of baseline time |")
-        L.append("|---|---|---|---|---|")
-        for k, v in summ_e["metrics"].items():
-            L.append(f"| {k} | {_f(v['baseline_final'], 3)} | {_f(v['carv_final'], 3)} | "
-                     + " | ".join(_reach(v['carv_time_to_baseline_final'], v['fraction'])) + " |")
+        L += _quality_table(summ_e["metrics"], "carv_final", "carv_time_to_baseline_final",
+                            ("metric", "baseline final", "CARV final", "CARV time to baseline final",
+                             "fraction of baseline time"))
         steps = {}
         for r in e["runs"]:
             steps.setdefault(r["method"], []).append((r["steps"], r["step_seconds"]))
@@ -910,22 +922,18 @@ def render_page(rec: dict, fig_prefix: str) -> str:
                  f"it costs more per step, so it takes fewer steps "
                  f"({np.mean([r['steps'] for r in x['runs']]):.0f} per run, median step "
                  f"{1e3 * np.median([r['step_seconds'] for r in x['runs']]):.0f} ms).\n")
-        L.append("| metric | baseline final | method final | time to baseline final | fraction |")
-        L.append("|---|---|---|---|---|")
-        for k, v in x["metrics"].items():
-            L.append(f"| {k} | {_f(v['baseline_final'], 3)} | {_f(v['method_final'], 3)} | "
-                     + " | ".join(_reach(v['time_to_baseline_final'], v['fraction'])) + " |")
-        base_steps = np.mean([r["steps"] for r in rec["e2e"]["runs"]
-                              if r["method"] == BASELINE.name and r["seed"] in x["seeds"]])
+        L += _quality_table(x["metrics"], "method_final", "time_to_baseline_final",
+                            ("metric", "baseline final", "method final", "time to baseline final", "fraction"))
+        runs = rec["e2e"]["runs"]
+        base_steps = _mean_steps(runs, BASELINE.name, x["seeds"])
         twin = f"uniform R={x['method']['R']} K={x['method']['K']}"
         ecms = [r["ecm"] for ck in rec.get("checkpoints", []) for r in ck["configs"] if r["name"] == twin]
         if ecms and min(ecms) > 1 and x["metrics"]["psnr"]["method_final"] < x["metrics"]["psnr"]["baseline_final"]:
             e2m = rec["e2e"]["summary"]["metrics"]["psnr"]
-            steps_of = lambda name: np.mean([r["steps"] for r in rec["e2e"]["runs"] if r["method"] == name])
             carv_name = rec["e2e"]["carv_method"]["name"]
             r1_clause = ("; the equal-per-step-compute CARV run above also ended lower, with *more* steps "
                          "than the baseline" if e2m["carv_final"] < e2m["baseline_final"]
-                         and steps_of(carv_name) > steps_of(BASELINE.name) else "")
+                         and _mean_steps(runs, carv_name) > _mean_steps(runs, BASELINE.name) else "")
             noise = ", ".join(f"{ck['label']} {ck['configs'][0]['mse'] / ck['reference']['grad_norm2']:.1f}"
                               for ck in rec.get("checkpoints", []))
             L.append(f"\nAt this $(R, K)$ the gradient's ECM exceeds 1 at every checkpoint ({twin}: "
