@@ -218,12 +218,11 @@ def _noisy(x: torch.Tensor, draws: InnerDraws, abar: torch.Tensor):
 def _estimate(x: torch.Tensor, f: torch.Tensor, draws: InnerDraws, K: int) -> GradientEstimate:
     # f: (R, K, *S) unweighted integrand. 1. weight, 2. average over K, 3. surrogate.
     R = x.shape[0]
-    w = draws.w.to(f.dtype)
-    est = hierarchical_estimate(f, w)
+    Y = f * _expand(draws.w.to(f.dtype), f)  # weighted once; both estimates below read Y
+    est = hierarchical_estimate(Y)
     grad = est.row_means.to(x.dtype)
-    components = variance_components(f, w) if (R >= 2 and K >= 2) else None
+    components = variance_components(Y) if (R >= 2 and K >= 2) else None
     sq_norm = f.reshape(R, K, -1).pow(2).sum(-1)
-    Y = f * _expand(w, f)
     return GradientEstimate(grad, surrogate_loss(x, grad), grad.norm(), draws.t, draws.w,
                             sq_norm, est.variance, components, K, Y)
 
