@@ -2,7 +2,8 @@
 
 One module per concept: :mod:`~carv_core.schedules`, :mod:`~carv_core.weighting`,
 :mod:`~carv_core.distributions`, :mod:`~carv_core.proposals`,
-:mod:`~carv_core.sampling`, :mod:`~carv_core.estimator`,
+:mod:`~carv_core.designs`, :mod:`~carv_core.sampling`, :mod:`~carv_core.breakpoints`,
+:mod:`~carv_core.estimator`,
 :mod:`~carv_core.allocation`, and the public test kit :mod:`carv_core.testing`.
 Never imports torch.
 """
@@ -19,6 +20,20 @@ from .allocation import (
     predicted_variance,
     relative_efficiency,
     reuse_ceiling,
+)
+from .breakpoints import BreakpointSampler, call_transform, find_breakpoints, tabulate
+from .designs import (
+    IID,
+    Antithetic,
+    Design,
+    GlobalStrata,
+    Layout,
+    PermutedStrata,
+    Sobol,
+    Stratified,
+    Systematic,
+    apply_layout,
+    as_design,
 )
 from .distributions import PiecewiseDensity, pmf, tabulate_density, uniform_timesteps
 from .estimator import (
@@ -38,6 +53,7 @@ from .proposals import (
 from .sampling import (
     DESIGNS,
     InverseCDFSampler,
+    MonotoneSampler,
     TimestepDraw,
     cdf_from_pmf,
     continuous_from_uniforms,
@@ -68,7 +84,10 @@ __all__ = [
     "variance_components",
     "AdaptiveProposal", "defensive_mixture", "importance_weights", "oracle_proposal",
     "weight_heuristic",
-    "DESIGNS", "InverseCDFSampler", "TimestepDraw", "cdf_from_pmf", "continuous_from_uniforms",
+    "BreakpointSampler", "call_transform", "find_breakpoints", "tabulate",
+    "IID", "Antithetic", "Design", "GlobalStrata", "Layout", "PermutedStrata", "Sobol", "Stratified",
+    "Systematic", "apply_layout", "as_design",
+    "DESIGNS", "InverseCDFSampler", "MonotoneSampler", "TimestepDraw", "cdf_from_pmf", "continuous_from_uniforms",
     "draw_uniforms", "gaussian_noise", "inverse_cdf", "stratify", "stratum_pmfs",
     "timesteps_from_uniforms",
     "BETA_SCHEDULES", "ContinuousSchedule", "DiscreteSchedule", "continuous_schedule",

@@ -6,19 +6,15 @@ Every sampler is split in two (design.md §4):
 2. a *pure transform* maps $u$ to timesteps and weights,
    $t = F_q^{-1}(u)$, $\tilde w = p(t)/q(t)$.
 
-Designs, for $R$ upstream samples with $K$ inner draws each:
+Designs are objects (:mod:`carv_core.designs`: ``IID``, ``Stratified``, ``GlobalStrata``,
+``Systematic``, ``Antithetic``, ``PermutedStrata``, ``Sobol`` or a user's own); their
+names (``"stratified"``, ...) are shorthands. Each $u_{rk}$ is marginally uniform over
+a stratum, and the strata of a row (of the batch, for ``global``) cover $[0,1)$
+with equal mass, so every design is unbiased.
 
-| design | $u_{rk}$ |
-|---|---|
-| ``iid`` | independent $U[0,1)$ |
-| ``stratified`` | $(k + \xi_{rk})/K$: one jittered point per equal-$q$-mass stratum, per upstream sample |
-| ``global`` | $(rK + k + \xi_{rk})/(RK)$: strata across the whole batch (use when $K = 1$) |
-| ``systematic`` | $(k + \xi_r)/K$: one shared shift per upstream sample |
-| ``sobol`` | $K$ points of a scrambled Sobol sequence per upstream sample (randomized QMC) |
-
-All $\xi \sim U[0,1)$ independent. Each $u_{rk}$ is marginally $U$ over a
-stratum, and the strata of a row cover $[0,1)$ with equal mass, so every
-design is unbiased.
+A sampler is a design plus a transform. :class:`InverseCDFSampler` is the
+standard one; :class:`carv_core.breakpoints.BreakpointSampler` is any monotone
+transform written as its breakpoints.
 
 Discrete inverse CDF: $F^{-1}(u) = \min\{j : F(j) > u\}$. Stratum $b$ of $B$
 lands on $j$ with probability $B\,\big|[\tfrac bB, \tfrac{b+1}B) \cap [F(j-1), F(j))\big|$
@@ -28,19 +24,20 @@ computable.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import qmc
 
 from ._validation import as_float_array, as_int, as_pmf, as_unit_interval, check_support, rng_from
+from .designs import DESIGNS, Design, as_design
 from .distributions import PiecewiseDensity
 from .proposals import importance_weights
 
 __all__ = [
     "DESIGNS",
+    "Design",
+    "as_design",
     "TimestepDraw",
     "cdf_from_pmf",
     "inverse_cdf",
@@ -49,11 +46,10 @@ __all__ = [
     "draw_uniforms",
     "timesteps_from_uniforms",
     "continuous_from_uniforms",
+    "MonotoneSampler",
     "InverseCDFSampler",
     "gaussian_noise",
 ]
-
-DESIGNS = ("iid", "stratified", "global", "systematic", "sobol")
 
 
 class TimestepDraw(NamedTuple):
@@ -127,45 +123,22 @@ def stratify(xi, offset) -> np.ndarray:
     return np.minimum((np.asarray(offset, dtype=np.float64) + xi) / B, np.nextafter(1.0, 0.0))
 
 
-def draw_uniforms(design: str, R: int, K: int, rng=None) -> np.ndarray:
-    r"""Draw $u$ of shape ``(R, K)`` under a uniform design (see the module table).
+def draw_uniforms(design, R: int, K: int, rng=None) -> np.ndarray:
+    r"""Draw $u$ of shape ``(R, K)`` under a uniform design (:mod:`carv_core.designs`).
 
     Args:
-        design: one of :data:`DESIGNS`.
+        design: a :class:`~carv_core.designs.Design` or a shorthand in :data:`DESIGNS`.
         R, K: upstream samples and inner draws per upstream sample.
         rng: numpy ``Generator``, seed or ``None``.
 
     Example:
         >>> u = draw_uniforms("stratified", 2, 4, rng=0)
-        >>> (np.floor(u * 4) == np.arange(4)).all()
-        np.True_
+        >>> bool((np.floor(u * 4) == np.arange(4)).all())
+        True
     """
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     R = as_int("R", R, minimum=1)
     K = as_int("K", K, minimum=1)
-    rng = rng_from(rng)
-    if design == "iid":
-        return rng.random((R, K))
-    if design == "stratified":
-        return stratify(rng.random((R, K)), np.arange(K))
-    if design == "global":
-        return stratify(rng.random(R * K), np.arange(R * K)).reshape(R, K)
-    if design == "systematic":
-        return stratify(np.broadcast_to(rng.random((R, 1)), (R, K)), np.arange(K))
-    if K & (K - 1):
-        warnings.warn(
-            f"K = {K} is not a power of 2: a scrambled Sobol prefix of that length loses "
-            "its balance properties (scipy.stats.qmc). Prefer K in {1, 2, 4, 8, ...}.",
-            UserWarning,
-            stacklevel=2,
-        )
-    rows = []
-    for child in rng.spawn(R):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            rows.append(qmc.Sobol(d=1, scramble=True, rng=child).random(K)[:, 0])
-    return np.stack(rows)
+    return as_design(design).draw(R, K, rng)
 
 
 def timesteps_from_uniforms(u, p, q) -> TimestepDraw:
@@ -207,12 +180,22 @@ def continuous_from_uniforms(u, p: PiecewiseDensity, q: PiecewiseDensity) -> Tim
     return TimestepDraw(t, p.masses[i] / q.masses[i])
 
 
-@dataclass(frozen=True)
-class InverseCDFSampler:
+class MonotoneSampler:
+    r"""Marker base: a sampler whose ``transform`` is non-decreasing in $u$ *by construction*.
+
+    The exact kit takes monotonicity as proved for these and reports it as
+    checked-on-probes for any other transform. Subclass only when it is provable
+    (an inverse CDF, a breakpoint table).
+    """
+
+
+@dataclass(frozen=True, eq=False)
+class InverseCDFSampler(MonotoneSampler):
     r"""The standard sampler: a uniform ``design`` followed by $t = F_q^{-1}(u)$, $\tilde w = p/q$.
 
-    This is the protocol :mod:`carv_core.testing` checks: a ``design`` name and a
-    pure, elementwise ``transform(u) -> TimestepDraw``. Call it to draw.
+    A sampler is a ``design`` (:mod:`carv_core.designs`; a name is a shorthand) and a
+    pure, elementwise ``transform(u) -> TimestepDraw``: the protocol
+    :mod:`carv_core.testing` checks and :mod:`carv_torch` runs. Call it to draw.
 
     Example:
         >>> s = InverseCDFSampler(p=np.full(4, 0.25), q=np.full(4, 0.25), design="stratified")
@@ -222,15 +205,16 @@ class InverseCDFSampler:
 
     p: np.ndarray
     q: np.ndarray
-    design: str = "iid"
+    design: Design = "iid"
 
     def __post_init__(self):
         p, q = as_pmf("p", self.p), as_pmf("q", self.q)
         check_support(p, q)
-        if self.design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        if p.shape != q.shape:
+            raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
         object.__setattr__(self, "p", p)
         object.__setattr__(self, "q", q)
+        object.__setattr__(self, "design", as_design(self.design))
 
     def transform(self, u) -> TimestepDraw:
         """The pure transform (see :func:`timesteps_from_uniforms`)."""

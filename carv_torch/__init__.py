@@ -12,6 +12,19 @@ estimates to float64/float32 rounding. One module per concept:
 switched off with :func:`set_validate_args`.
 """
 
+from carv_core.designs import (
+    IID,
+    Antithetic,
+    GlobalStrata,
+    Layout,
+    PermutedStrata,
+    Sobol,
+    Stratified,
+    Systematic,
+    apply_layout,
+)
+from carv_core.sampling import MonotoneSampler
+
 from ._validation import is_validating, set_validate_args
 from .allocation import (
     Allocation,
@@ -43,7 +56,9 @@ from .proposals import (
 )
 from .sampling import (
     DESIGNS,
+    Design,
     InverseCDFSampler,
+    as_design,
     TimestepDraw,
     cdf_from_pmf,
     continuous_from_uniforms,
@@ -69,7 +84,10 @@ __version__ = "0.1.0"
 __all__ = [
     # validation switch (torch only)
     "is_validating", "set_validate_args",
-    # parity layer: the names of carv_core.__all__
+    # parity layer: the names of carv_core.__all__ (designs are backend-agnostic objects,
+    # shared as they are: their integer layouts are applied on the device)
+    "IID", "Antithetic", "GlobalStrata", "Layout", "PermutedStrata", "Sobol", "Stratified",
+    "Systematic", "apply_layout", "MonotoneSampler",
     "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
     "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
     "PiecewiseDensity", "pmf", "tabulate_density", "uniform_timesteps",
@@ -77,7 +95,7 @@ __all__ = [
     "variance_components",
     "AdaptiveProposal", "defensive_mixture", "importance_weights", "oracle_proposal",
     "weight_heuristic",
-    "DESIGNS", "InverseCDFSampler", "TimestepDraw", "cdf_from_pmf", "continuous_from_uniforms",
+    "DESIGNS", "Design", "as_design", "InverseCDFSampler", "TimestepDraw", "cdf_from_pmf", "continuous_from_uniforms",
     "draw_uniforms", "gaussian_noise", "inverse_cdf", "stratify", "stratum_pmfs",
     "timesteps_from_uniforms",
     "BETA_SCHEDULES", "ContinuousSchedule", "DiscreteSchedule", "continuous_schedule",
@@ -88,7 +106,16 @@ __all__ = [
 # Torch-only modules: teachers, objectives, guidance, accounting, renderers.
 from .accounting import KIND_NAMES, Accountant, KDecision  # noqa: E402
 from .estimator import split_half_components  # noqa: E402
-from .guidance import PROPOSALS, SAMPLERS, CARVGuidance, GuidanceConfig, scheduled_value  # noqa: E402
+from .breakpoints import BreakpointSampler, as_sampler, call_transform, find_breakpoints, tabulate  # noqa: E402
+from .guidance import (  # noqa: E402
+    PROPOSALS,
+    SAMPLERS,
+    CARVGuidance,
+    GuidanceConfig,
+    GuidanceStep,
+    scheduled_value,
+)
+from .integrands import DMD, SDS, Integrand, Objective  # noqa: E402
 from .objectives import (  # noqa: E402
     AttributionEstimate,
     GradientEstimate,
@@ -96,8 +123,33 @@ from .objectives import (  # noqa: E402
     attribution,
     dmd,
     draw_inner,
+    estimate,
+    estimate_from_draws,
     sds,
     surrogate_loss,
+)
+from .proposals import (  # noqa: E402
+    FixedProposal,
+    OnlineProposal,
+    OracleProposal,
+    Proposal,
+    UniformProposal,
+    WeightHeuristicProposal,
+    as_proposal,
+)
+from .stable_diffusion import (  # noqa: E402
+    PromptEmbeddings,
+    prompt_embeddings,
+    resize_to_teacher,
+    teacher_from_pipeline,
+    teacher_resolution,
+)
+from .threestudio import (  # noqa: E402
+    CFG_CONVENTIONS,
+    POSTERIORS,
+    FixedPrompt,
+    PromptProvider,
+    ThreestudioGuidance,
 )
 from .renderers import Cameras, GridRenderer, orbit_cameras, random_cameras  # noqa: E402
 from .teachers import (  # noqa: E402
@@ -111,9 +163,16 @@ from .teachers import (  # noqa: E402
 
 __all__ += [
     "KIND_NAMES", "Accountant", "KDecision", "split_half_components",
-    "PROPOSALS", "SAMPLERS", "CARVGuidance", "GuidanceConfig", "scheduled_value",
+    "BreakpointSampler", "as_sampler", "call_transform", "find_breakpoints", "tabulate",
+    "PROPOSALS", "SAMPLERS", "CARVGuidance", "GuidanceConfig", "GuidanceStep", "scheduled_value",
+    "DMD", "SDS", "Integrand", "Objective",
     "AttributionEstimate", "GradientEstimate", "InnerDraws", "attribution", "dmd", "draw_inner",
-    "sds", "surrogate_loss",
+    "estimate", "estimate_from_draws", "sds", "surrogate_loss",
+    "FixedProposal", "OnlineProposal", "OracleProposal", "Proposal", "UniformProposal",
+    "WeightHeuristicProposal", "as_proposal",
+    "PromptEmbeddings", "prompt_embeddings", "resize_to_teacher", "teacher_from_pipeline",
+    "teacher_resolution",
+    "CFG_CONVENTIONS", "POSTERIORS", "FixedPrompt", "PromptProvider", "ThreestudioGuidance",
     "Cameras", "GridRenderer", "orbit_cameras", "random_cameras",
     "NAN_POLICIES", "PREDICTION_TYPES", "DiffusersTeacher", "GaussianMixtureTeacher", "Teacher",
     "check_finite",

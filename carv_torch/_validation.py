@@ -189,11 +189,12 @@ def to_numpy(name: str, value) -> np.ndarray:
 
 def as_int(name: str, value, *, minimum: int | None = None) -> int:
     """A Python int; rejects bools, floats and tensors (reading a tensor would sync)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an integer, got {describe(value)} ({type(value).__name__})"
-        )
-    value = int(value)
+    if type(value) is not int:  # the common case skips the (slow) ABC check
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(
+                f"{name} must be an integer, got {describe(value)} ({type(value).__name__})"
+            )
+        value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value

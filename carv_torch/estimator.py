@@ -75,12 +75,25 @@ def hierarchical_estimate(values, weights=None) -> HierarchicalEstimate:
         >>> est.mean.item(), est.variance.item()
         (4.0, 4.0)
     """
-    Y = _weighted_values(values, weights)
-    R = Y.shape[0]
+    return _hierarchical(_weighted_values(values, weights))
+
+
+def _between(Y: torch.Tensor):
+    # Ybar_r, G and S_B = sum_r ||Ybar_r - G||^2 (None when R = 1): what both
+    # estimates read, so a caller that needs both computes them once.
     row_means = Y.mean(dim=1)
     mean = row_means.mean(dim=0)
-    if R > 1:
-        variance = torch.sum((row_means - mean) ** 2) / (R * (R - 1))
+    s_b = torch.sum((row_means - mean) ** 2) if Y.shape[0] > 1 else None
+    return row_means, mean, s_b
+
+
+def _hierarchical(Y: torch.Tensor, parts=None) -> HierarchicalEstimate:
+    # The maths of hierarchical_estimate on already-weighted, already-checked Y
+    # (``parts``: _between(Y), when the caller has it).
+    R = Y.shape[0]
+    row_means, mean, s_b = _between(Y) if parts is None else parts
+    if s_b is not None:
+        variance = s_b / (R * (R - 1))
     else:
         variance = torch.full((), float("nan"), dtype=Y.dtype, device=Y.device)
     return HierarchicalEstimate(mean, row_means, variance)
@@ -105,10 +118,16 @@ def variance_components(values, weights=None) -> VarianceComponents:
         raise ValueError(
             f"variance_components needs R >= 2 and K >= 2, got values of shape {tuple(Y.shape)}"
         )
-    row_means = Y.mean(dim=1)
-    grand = row_means.mean(dim=0)
+    return _anova(Y)
+
+
+def _anova(Y: torch.Tensor, parts=None) -> VarianceComponents:
+    # The maths of variance_components on already-weighted, already-checked Y (R, K >= 2;
+    # ``parts``: _between(Y), when the caller has it).
+    R, K = Y.shape[:2]
+    row_means, _, s_b = _between(Y) if parts is None else parts
     ms_within = torch.sum((Y - row_means[:, None]) ** 2) / (R * (K - 1))
-    ms_between = K * torch.sum((row_means - grand) ** 2) / (R - 1)
+    ms_between = K * s_b / (R - 1)
     return VarianceComponents((ms_between - ms_within) / K, ms_within, ms_between, ms_within)
 
 
@@ -154,6 +173,12 @@ def split_half_components(half_a, half_b, row_means, h: int) -> VarianceComponen
         )
     for name, v in (("half_a", a), ("half_b", b), ("row_means", u)):
         check_finite(name, v)
+    return _split_half(a, b, u, h)
+
+
+def _split_half(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, h: int) -> VarianceComponents:
+    # The maths of split_half_components on checked inputs.
+    R = u.shape[0]
     sigma_w2 = 0.5 * R * h * torch.sum((a - b) ** 2)
     s2 = torch.sum((u - u.mean(dim=0)) ** 2) / (R - 1)
     return VarianceComponents(s2 - sigma_w2 / (2 * h), sigma_w2, 2 * h * s2, sigma_w2)

@@ -1,39 +1,48 @@
-r"""A drop-in score-distillation guidance for training loops (threestudio style).
+r"""A guidance module for training loops: any objective, any sampler, online $K$.
 
-:class:`CARVGuidance` is called on rendered images $x$ ``(B, C, H, W)`` and returns
-a dict whose ``loss_sds`` is the surrogate of :mod:`carv_torch.objectives`:
-``loss_sds.backward()`` gives the hierarchical estimate
-$\hat G = \frac1B\sum_r J_r^\top \frac1K\sum_k \tilde w_{rk}\,w(t_{rk})\,\alpha_{t_{rk}}(\hat\epsilon - \epsilon_{rk})$
-(``include_alpha=False`` drops $\alpha_t$, threestudio's convention).
+:class:`CARVGuidance` wraps an :class:`~carv_torch.integrands.Objective` (a teacher
+alone means :class:`~carv_torch.integrands.SDS`; DMD with a real and a fake teacher,
+or a user's integrand, run the same way). Called on upstream outputs $x$
+``(B, *S)`` (images in $[0, 1]$ for a latent teacher, which encodes them), it
+returns a flat dict of **scalars** that a training loop can log as it is:
+``loss_<name>`` (``loss.backward()`` gives the hierarchical estimate
+$\hat G = \frac1B\sum_r J_r^\top \frac1K\sum_k \tilde w_{rk} f(x_r, t_{rk}, \epsilon_{rk})$),
+``grad_norm``, ``variance`` ($\widehat{\operatorname{Var}}\hat G$ from the $B$ row means, ``nan``
+when $B = 1$), ``min_step``, ``max_step`` and ``K``. The full diagnostics of the step
+(timesteps, weights, $g_r$, ANOVA components, probe, $K$ decision) are on
+:attr:`CARVGuidance.last`, a :class:`GuidanceStep`.
 
 Per call:
 
-1. $p$ = uniform on $[\lfloor aT\rfloor, \lfloor bT\rfloor]$ with $a, b$ from the (scheduled) t range;
-2. $q$ = $p$ (``uniform``), $\propto p\,w_{\rm SDS}$ mixed with $p$ (``weight``), or the
-   adaptive estimate of $q^\star \propto p\sqrt{\mathbb E[\lVert f\rVert^2\mid t]}$ (``adaptive``),
-   fixed before the draw and updated after it (which keeps every step unbiased);
-3. $K$ fixed, or (``K="auto"``) the :class:`~carv_torch.accounting.Accountant`'s choice
-   from measured $c_u$, $c_d$ and running $\sigma_B^2$, $\sigma_W^2$.
+1. $p$ = uniform on $[\lfloor aT\rfloor, \lfloor bT\rfloor]$ with $a, b$ from the (scheduled) t range
+   (cached on the *integer* range, so an annealed schedule rebuilds only when a step bound moves);
+2. $q$ from the :class:`~carv_torch.proposals.Proposal` (``"uniform"``, ``"weight"`` $\propto p\,w$,
+   ``"adaptive"``, an oracle or fixed table, or a user's rule), fixed before the draw and
+   updated after it (every step stays unbiased);
+3. $t = F_q^{-1}(u)$ with $u$ from the config's **design** (:mod:`carv_core.designs`; a name or an
+   object), or a full user **sampler** (a design and a transform, run as certified);
+4. $K$ fixed, or (``K="auto"``) the :class:`~carv_torch.accounting.Accountant`'s choice.
+
+**Host reads.** With value validation off (:func:`carv_torch.set_validate_args`), a
+call with a fixed $K$ and a static proposal reads nothing back from the device; the
+``adaptive`` proposal makes one read (its update copies $t$ and $\lVert f\rVert^2$ in one
+transfer); with ``K="auto"``, a probe call (one in ``probe_every``) makes one more
+(the two variance components) and resolves the pending timing events. With
+validation on, add: the finiteness of ``rgb``, the teacher's t range and its output
+finiteness (each one read).
 
 **Variance probes** (``K="auto"``). $K^\star$ depends on the variance of the *parameter*
-gradient $\frac1R\sum_r J_r^\top \bar Y_r$, not of $\bar Y_r$ itself: the Jacobian of the
-render maps different cameras onto different parameters, so the between-render
-variance in the teacher's input space can be ~0 while in parameter space it
-dominates (measured on the text-to-3D benchmark). Every ``probe_every``-th call is a
-probe: its inner draws are i.i.d. from $q$ (no stratification or antithetic pairs,
-which bias the split-half and ANOVA estimates; the step stays unbiased), and, when
-``params`` is passed, $R + 1$ vector-Jacobian products give the parameter-space
-components of :func:`~carv_torch.estimator.split_half_components`, which feed the
-accountant. Without ``params`` the probe falls back to the ANOVA of the teacher
-input (right when the input *is* the parameter, e.g. image-space SDS) and warns once.
-Probe work is excluded from the timed $c_u$ and $c_d$ but is part of a run's wall-clock.
+gradient, not of $\bar Y_r$: every ``probe_every``-th call draws its inner draws i.i.d. (the
+step stays unbiased) and, with ``params``, $R + 1$ vector-Jacobian products give the
+parameter-space components of :func:`~carv_torch.estimator.split_half_components`; without
+``params`` the input-space ANOVA is used (warns once). $K$ is re-chosen after every
+``decide_every``-th probe. $c_u$ is timed from the end of one call to the end of the
+next call's encode (render, backward, optimiser step and the teacher's encoder), per
+upstream sample; $c_d$ inside the call, per draw.
 
-The upstream cost $c_u$ is timed as the wall time from the end of one call to
-the start of the next (render, backward, optimiser step), per image; the teacher
-cost $c_d$ is timed inside the call, per draw. Checkpoints: ``state_dict()`` holds the adaptive
-proposal, the accountant, the step counters and the generator state;
-``load_state_dict`` restores them so that a resumed run continues bit-identically
-on CPU (with a fixed $K$ or injected costs; see :mod:`carv_torch.accounting`).
+Checkpoints: ``state_dict()`` holds the proposal's state, the accountant, the
+counters and the generator; ``load_state_dict`` resumes bit-identically on CPU (with a
+fixed $K$ or injected costs). A call that raises leaves the generator as it was.
 """
 
 from __future__ import annotations
@@ -41,23 +50,26 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Sequence, Union
+from typing import Any, NamedTuple, Sequence, Union
 
+import carv_core
 import torch
+from carv_core.designs import IID, Design, as_design
 from torch import nn
 
-from . import objectives
+from ._validation import is_validating
 from .accounting import Accountant
-from .distributions import uniform_timesteps
-from .estimator import split_half_components
-from .proposals import AdaptiveProposal, weight_heuristic
-from .schedules import DiscreteSchedule
-from .weighting import sds_weight
+from .breakpoints import as_sampler
+from .integrands import SDS, Objective
+from .objectives import GradientEstimate, draw_inner, estimate_from_draws
+from .probes import parameter_space_components
+from .proposals import PROPOSALS, Proposal, as_proposal
 
-__all__ = ["PROPOSALS", "SAMPLERS", "GuidanceConfig", "CARVGuidance", "scheduled_value"]
+__all__ = ["PROPOSALS", "SAMPLERS", "GuidanceConfig", "GuidanceStep", "CARVGuidance",
+           "scheduled_value"]
 
-PROPOSALS = ("uniform", "weight", "adaptive")
-SAMPLERS = ("iid", "stratified", "global", "systematic", "sobol")
+#: Shorthand design names the config accepts (any :class:`carv_core.Design` works too).
+SAMPLERS = carv_core.DESIGNS
 
 StepRange = Union[float, Sequence[float]]
 
@@ -85,6 +97,10 @@ def scheduled_value(value: StepRange, global_step: int) -> float:
     return float(v0 + (v1 - v0) * frac)
 
 
+def _is_sampler(obj) -> bool:
+    return not isinstance(obj, (str, Design)) and hasattr(obj, "design") and hasattr(obj, "transform")
+
+
 @dataclass
 class GuidanceConfig:
     r"""Settings of :class:`CARVGuidance`.
@@ -92,24 +108,23 @@ class GuidanceConfig:
     Attributes:
         min_step_percent, max_step_percent: t range as fractions of $T$, each a float or a
             threestudio schedule ``[start_step, start, end, end_step]``.
-        weighting: $w(t)$ preset (``sds``, ``uniform``, ``fantasia3d``).
-        include_alpha: multiply the residual by $\alpha_t$ (paper) or not (threestudio).
-        proposal: ``uniform``, ``weight`` or ``adaptive``.
-        delta: defensive fraction for ``weight``/``adaptive`` (weights $\le 1/\delta$).
-        adaptive_bins, adaptive_decay: bins and EMA factor of the adaptive proposal.
-        sampler: uniform design: ``iid``, ``stratified``, ``global``, ``sobol`` (or ``systematic``).
+        weighting, include_alpha, guidance_scale: the :class:`~carv_torch.integrands.SDS`
+            objective built when a teacher (not an objective) is passed. ``include_alpha``
+            multiplies the residual by $\alpha_t$ (the paper); threestudio does not (``False``).
+        proposal: a :class:`~carv_torch.proposals.Proposal` or ``"uniform"``, ``"weight"``, ``"adaptive"``.
+        delta: defensive fraction for ``"weight"``/``"adaptive"`` (weights $\le 1/\delta$).
+        adaptive_bins, adaptive_decay: bins and EMA factor of ``"adaptive"``.
+        sampler: the design (a :class:`carv_core.Design` or a name in :data:`SAMPLERS`), or a
+            full sampler (design + transform, e.g. certified by :mod:`carv_core.testing`), which
+            then fixes $p$ and $q$ itself (``proposal`` must stay ``"uniform"``).
         antithetic: $(\epsilon, -\epsilon)$ pairs along $K$ (needs even $K$).
-        K: inner draws per render, or ``"auto"``.
-        k_min: lower bound of ``K="auto"``.
-        k_max: upper bound of ``K="auto"``.
-        k_init: the first ``K`` of ``K="auto"``.
-        decide_every: re-choose $K$ every this many calls.
-        probe_every: with ``K="auto"``, every this many calls is a variance probe (module docstring).
+        K: inner draws per upstream sample, or ``"auto"``.
+        k_min, k_max, k_init: bounds and first value of ``K="auto"``.
+        decide_every: with ``K="auto"``, re-choose $K$ after every this many probes.
+        probe_every: with ``K="auto"``, every this many calls is a variance probe.
         warmup: timings dropped before costs are used.
         fixed_costs: ``(c_u, c_d)`` injected instead of measured (reproducible ``K="auto"``).
-        max_batch_size: largest teacher batch, applied during each call (the teacher's own
-            setting is restored afterwards).
-        guidance_scale: CFG scale.
+        max_batch_size: largest teacher batch, applied during each call (restored after).
         seed: seeds the module's generator.
     """
 
@@ -117,11 +132,11 @@ class GuidanceConfig:
     max_step_percent: StepRange = 0.98
     weighting: str = "sds"
     include_alpha: bool = True
-    proposal: str = "uniform"
+    proposal: Any = "uniform"
     delta: float = 0.1
     adaptive_bins: int = 20
     adaptive_decay: float = 0.9
-    sampler: str = "stratified"
+    sampler: Any = "stratified"
     antithetic: bool = False
     K: Union[int, str] = 4
     k_min: int = 2
@@ -136,10 +151,15 @@ class GuidanceConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.proposal not in PROPOSALS:
-            raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if not isinstance(self.proposal, Proposal) and self.proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be a carv_torch.proposals.Proposal or one of {PROPOSALS}, "
+                             f"got {self.proposal!r}")
+        if _is_sampler(self.sampler):
+            if self.proposal != "uniform":
+                raise ValueError("a full sampler carries its own q: leave proposal='uniform' "
+                                 f"(got proposal={self.proposal!r})")
+        else:
+            as_design(self.sampler, "sampler")
         if self.K != "auto":
             if isinstance(self.K, bool) or not isinstance(self.K, int):
                 raise TypeError(f"K must be an integer >= 1 or 'auto', got {self.K!r}")
@@ -147,49 +167,63 @@ class GuidanceConfig:
                 raise ValueError(f"K must be >= 1 or 'auto', got {self.K}")
             if self.antithetic and self.K % 2:
                 raise ValueError(f"antithetic=True needs an even K, got K = {self.K}")
-        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) \
-                or self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
-        for name in ("decide_every", "probe_every"):
+        for name in ("max_batch_size", "decide_every", "probe_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if not 0.0 < float(self.delta) <= 1.0:
             raise ValueError(f"delta must lie in (0, 1], got {self.delta!r}")
+        if float(self.guidance_scale) != float(self.guidance_scale):
+            raise ValueError(f"guidance_scale must be a number, got {self.guidance_scale!r}")
+
+
+class GuidanceStep(NamedTuple):
+    r"""Everything one call computed (:attr:`CARVGuidance.last`); tensors stay on the device.
+
+    Attributes:
+        estimate: the :class:`~carv_torch.objectives.GradientEstimate` (``t``, ``w``, ``grad``, ``components``, ...).
+        K, min_step, max_step: this call's $K$ and integer step range.
+        probe: the :class:`~carv_torch.estimator.VarianceComponents` a probe fed the accountant, or ``None``.
+        decision: the :class:`~carv_torch.accounting.KDecision` made after this call, or ``None``.
+    """
+
+    estimate: GradientEstimate
+    K: int
+    min_step: int
+    max_step: int
+    probe: Any
+    decision: Any
 
 
 class CARVGuidance(nn.Module):
-    r"""Score distillation with hierarchical reuse, importance sampling and online $K$.
+    r"""Hierarchical reuse, importance sampling and online $K$ for any objective.
 
     Args:
-        teacher: a :class:`~carv_torch.teachers.Teacher` (held, not registered: its
-            weights are not part of this module's ``state_dict``).
+        objective: an :class:`~carv_torch.integrands.Objective` (e.g. ``DMD(real, fake)``), or a
+            :class:`~carv_torch.teachers.Teacher`, which means ``SDS(teacher, ...)`` with the
+            config's ``weighting``, ``include_alpha`` and ``guidance_scale``. Teachers are held,
+            not registered: their weights are not in this module's ``state_dict``.
         config: a :class:`GuidanceConfig`.
 
-    Call with ``rgb`` ``(B, C, H, W)`` (images in $[0, 1]$ for a latent teacher, which
-    encodes them; otherwise the teacher's input space), optional ``condition``/``uncond``
-    (leading dim 1 or ``B``), and, with ``K="auto"``, ``params``: the parameters the loss is
-    differentiated for (e.g. ``nerf.parameters()``), for the variance probes.
-    Returns a dict: ``loss_sds``, ``grad_norm``, ``timesteps``
-    ``(B, K)``, ``weights`` ``(B, K)``, ``K``, ``sigma_b2``, ``sigma_w2`` (this step's ANOVA in
-    the teacher's input space, ``nan`` unless $B, K \ge 2$), ``probe`` (``None``, or the
-    :class:`~carv_torch.estimator.VarianceComponents` a probe fed the accountant),
-    ``variance``, ``min_step``, ``max_step``, ``c_u``, ``c_d``,
-    ``k_decision`` (a :class:`~carv_torch.accounting.KDecision` or ``None``), and ``grad``
-    ($g_r$, detached, shape of the teacher input).
+    Call with ``x`` ``(B, *S)``, the objective's conditions as keywords (``condition``,
+    ``uncond``; DMD also ``fake_condition``; leading dim 1 or ``B``; the first two may also
+    be passed positionally), ``rgb_as_latents`` (skip the encoder), and, with
+    ``K="auto"``, ``params``: the parameters the loss is differentiated for (e.g.
+    ``nerf.parameters()``), for the variance probes. Returns the scalar dict of the module
+    docstring.
     """
 
-    def __init__(self, teacher, config: GuidanceConfig | None = None):
+    def __init__(self, objective, config: GuidanceConfig | None = None):
         super().__init__()
         self.config = config = config or GuidanceConfig()
-        abar = getattr(teacher, "alphas_cumprod", None)
-        if not isinstance(abar, torch.Tensor):
-            raise TypeError(f"teacher must have an alphas_cumprod tensor, got {type(teacher).__name__}")
-        self.__dict__["teacher"] = teacher  # not a registered submodule
+        if not isinstance(objective, Objective):
+            objective = SDS(objective, weighting=config.weighting, include_alpha=config.include_alpha,
+                            guidance_scale=config.guidance_scale)
+        self.__dict__["objective"] = objective  # not a registered submodule
+        abar = objective.alphas_cumprod
         self.device = abar.device
         self.T = int(abar.shape[0])
-        self.schedule = DiscreteSchedule(abar.to(torch.float64))
-        self.w_sds = sds_weight(config.weighting, self.schedule, include_alpha=config.include_alpha)
+        self._weights_host = objective.weights.detach().cpu().numpy()
         self.generator = torch.Generator(device=self.device).manual_seed(int(config.seed))
         auto = config.K == "auto"
         self.accountant = Accountant(K=config.k_init if auto else config.K,
@@ -197,14 +231,24 @@ class CARVGuidance(nn.Module):
                                      k_max=config.k_max if auto else config.K,
                                      warmup=config.warmup, device=self.device,
                                      fixed_costs=config.fixed_costs)
+        self._user_sampler = as_sampler(config.sampler, self.T, device=self.device) \
+            if _is_sampler(config.sampler) else None
+        self.design = None if self._user_sampler is not None else as_design(config.sampler)
+        self.proposal = copy.deepcopy(as_proposal(config.proposal, delta=config.delta,
+                                                  n_bins=config.adaptive_bins,
+                                                  decay=config.adaptive_decay))
         self.global_step = 0
         self.calls = 0
-        self._p_range = None
-        self._fixed_pmfs = None
-        self._adaptive = None
+        self.probes = 0
+        self.last: GuidanceStep | None = None
+        self._tables = None  # (key, sampler) for the current integer step range
         self._last_stop = None
-        self._warned_input_space = False
-        self._warned_single = False
+        self._warned = set()
+
+    @property
+    def teacher(self):
+        """The SDS objective's teacher (``None`` for other objectives)."""
+        return getattr(self.objective, "teacher", None)
 
     # ------------------------------------------------------------------ schedule
 
@@ -213,51 +257,51 @@ class CARVGuidance(nn.Module):
         self.global_step = int(global_step)
 
     def step_range(self) -> tuple[int, int]:
-        r"""$(\lfloor aT\rfloor, \lfloor bT\rfloor)$ at the current global step."""
+        r"""$(\lfloor aT\rfloor, \min(\lfloor bT\rfloor, T - 1))$ at the current global step."""
+        if self._user_sampler is not None:
+            has = torch.nonzero(torch.as_tensor(self._sampler_support())).flatten()
+            return int(has[0]), int(has[-1])
         a = scheduled_value(self.config.min_step_percent, self.global_step)
         b = scheduled_value(self.config.max_step_percent, self.global_step)
         return int(a * self.T), min(int(b * self.T), self.T - 1)
 
+    def _sampler_support(self):
+        s = self._user_sampler
+        return (s.p > 0).cpu().numpy() if hasattr(s, "p") else (s.core.cuts[1:] > s.core.cuts[:-1])
+
     def pmfs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""The current target $p$ and proposal $q$, shape ``(T,)`` each."""
-        cfg = self.config
-        a = scheduled_value(cfg.min_step_percent, self.global_step)
-        b = scheduled_value(cfg.max_step_percent, self.global_step)
-        key = (a, b)
-        # p, and the weight-heuristic q, change only with the t range: build them on the
-        # host once per range, not once per call.
-        if self._fixed_pmfs is None or self._fixed_pmfs[0] != key:
-            p = uniform_timesteps(self.T, a, b).to(device=self.device, dtype=torch.float64)
-            q = weight_heuristic(p, self.w_sds, cfg.delta).to(self.device) if cfg.proposal == "weight" else p
-            self._fixed_pmfs = (key, p, q)
-        _, p, q = self._fixed_pmfs
-        if cfg.proposal != "adaptive":
-            return p, q
-        if self._adaptive is None:
-            self._adaptive = AdaptiveProposal(p, n_bins=min(cfg.adaptive_bins, self.T),
-                                              decay=cfg.adaptive_decay, delta=cfg.delta,
-                                              device=self.device)
-        elif key != self._p_range:
-            # The t range moved: keep the learnt second moments (bins depend on T only).
-            state = self._adaptive.state_dict()
-            state["p"] = p.tolist()
-            self._adaptive = AdaptiveProposal.from_state_dict(state, device=self.device)
-        self._p_range = key
-        return p, self._adaptive.proposal()
+        r"""The current target $p$ and proposal $q$, shape ``(T,)`` each (float64, on the device)."""
+        s = self.sampler()
+        if hasattr(s, "p"):
+            return s.p, s.q
+        raise ValueError("this guidance runs a breakpoint sampler: it has weights, not a p and q")
+
+    def sampler(self):
+        """The sampler the next call draws from (rebuilt only when $p$ or $q$ changed)."""
+        if self._user_sampler is not None:
+            return self._user_sampler
+        key = self.step_range()
+        if self._tables is None or self._tables[0] != key:
+            a = scheduled_value(self.config.min_step_percent, self.global_step)
+            b = scheduled_value(self.config.max_step_percent, self.global_step)
+            p = carv_core.uniform_timesteps(self.T, a, b)
+            core = carv_core.InverseCDFSampler(p, self.proposal.pmf(p, self._weights_host), self.design)
+            self._tables = (key, as_sampler(core, device=self.device), p)
+        return self._tables[1]
 
     # ------------------------------------------------------------------ call
 
-    def _check_rgb(self, rgb):
-        if not isinstance(rgb, torch.Tensor):
-            raise TypeError(f"rgb must be a tensor of shape (B, C, H, W), got {type(rgb).__name__}")
-        if rgb.ndim != 4:
-            raise ValueError(f"rgb must have shape (B, C, H, W), got {tuple(rgb.shape)}")
-        if not rgb.is_floating_point():
-            raise TypeError(f"rgb must be a floating tensor, got dtype {rgb.dtype}")
-        if rgb.device != self.device:
-            raise ValueError(f"rgb is on {rgb.device} but the teacher is on {self.device}; "
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"rgb must be a tensor of shape (B, C, H, W), got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"rgb must have shape (B, C, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"rgb must be a floating tensor, got dtype {x.dtype}")
+        if x.device != self.device:
+            raise ValueError(f"rgb is on {x.device} but the teacher is on {self.device}; "
                              f"move it with rgb.to({str(self.device)!r})")
-        if not bool(torch.isfinite(rgb).all()):
+        if is_validating() and not bool(torch.isfinite(x).all()):
             raise ValueError("rgb must be finite, got NaN or inf in the rendered images")
 
     @staticmethod
@@ -275,113 +319,101 @@ class CARVGuidance(nn.Module):
                              "(e.g. nerf.parameters())")
         return params
 
-    def _probe(self, x: torch.Tensor, est, params, R: int):
-        # Parameter-space split-half components from R + 1 vector-Jacobian products of x.
-        h = est.K // 2
-        Y = est.values.to(x.dtype)
-        half_a, half_b = Y[:, :h].mean(1), Y[:, h:2 * h].mean(1)
-        rows = (half_a + half_b) / 2
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            warnings.warn(message, UserWarning, stacklevel=3)
+            self._warned.add(key)
 
-        def vjp(grad_x):
-            gs = torch.autograd.grad(x, params, grad_outputs=grad_x, retain_graph=True,
-                                     allow_unused=True)
-            return torch.cat([(torch.zeros_like(q) if g is None else g).reshape(-1)
-                              for q, g in zip(params, gs)])
-
-        v_a, v_b = vjp(half_a / R), vjp(half_b / R)
-        u = []
-        for r in range(R - 1):
-            e = torch.zeros_like(rows)
-            e[r] = rows[r]
-            u.append(vjp(e))
-        u.append(R * (v_a + v_b) / 2 - sum(u))  # the last row by linearity
-        return split_half_components(v_a, v_b, torch.stack(u), h)
+    def _teachers(self):
+        objs = [getattr(self.objective, n, None) for n in ("teacher", "real", "fake")]
+        return [o for o in objs if o is not None and hasattr(o, "max_batch_size")]
 
     def forward(self, rgb: torch.Tensor, condition=None, uncond=None, *,
                 rgb_as_latents: bool = False, generator: torch.Generator | None = None,
-                params=None) -> dict:
-        """One guidance step; see the class docstring for the returned keys."""
-        self._check_rgb(rgb)
+                params=None, **conditions) -> dict:
+        """One guidance step; see the module docstring for the returned keys."""
+        self._check_input(rgb)
         params = self._check_params(params)
         acc, cfg = self.accountant, self.config
         gen = self.generator if generator is None else generator
-        start = acc.marker()
-        R = rgb.shape[0]
-        if self._last_stop is not None:
-            acc.interval("upstream", self._last_stop, start, n=R)
-        teacher = self.teacher
-        latent = getattr(teacher, "is_latent", False) and not rgb_as_latents
-        x = teacher.encode(rgb) if latent else rgb
-        p, q = self.pmfs()
+        if not isinstance(gen, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(gen).__name__}")
+        gen_state = gen.get_state()
+        R, auto = rgb.shape[0], cfg.K == "auto"
         K = acc.K
         if cfg.antithetic and K % 2:
             K += 1 if K < acc.k_max else -1
-        probe = cfg.K == "auto" and R >= 2 and K >= 2 and self.calls % cfg.probe_every == 0
-        if cfg.K == "auto" and R < 2 and not self._warned_single:
-            warnings.warn(f"K='auto' needs >= 2 upstream samples per call to estimate sigma_B^2; "
-                          f"got {R}, so K stays at {K}", UserWarning, stacklevel=2)
-            self._warned_single = True
-        if probe and params is not None and not x.requires_grad:
-            raise ValueError("params were given but the teacher input does not require grad: "
-                             "render with autograd on, or drop params")
-        # The config's batch limit applies to this call only: the teacher may be shared.
-        own_batch = getattr(teacher, "max_batch_size", None)
-        if own_batch is not None:
-            teacher.max_batch_size = cfg.max_batch_size
+        probe = auto and R >= 2 and K >= 2 and self.calls % cfg.probe_every == 0
+        if auto and R < 2:
+            self._warn_once("single", f"K='auto' needs >= 2 upstream samples per call to estimate "
+                                      f"sigma_B^2; got {R}, so K stays at {K}")
+        encode = getattr(self.objective, "encode", None)
+        if probe and params is not None and not rgb.requires_grad:
+            raise ValueError("params were given but rgb does not require grad: render with "
+                             "autograd on, or drop params")
+        saved_batch = [(t, t.max_batch_size) for t in self._teachers()]
         try:
-            with acc.measure("inner", n=R * K):
-                est = objectives.sds(teacher, x, K=K, p=p, q=q,
-                                     design="iid" if probe else cfg.sampler,
-                                     weighting=cfg.weighting, include_alpha=cfg.include_alpha,
-                                     condition=condition, uncond=uncond,
-                                     guidance_scale=cfg.guidance_scale,
-                                     antithetic=cfg.antithetic and not probe, generator=gen)
+            for t, _ in saved_batch:
+                t.max_batch_size = cfg.max_batch_size
+            x = encode(rgb) if (encode is not None and not rgb_as_latents) else rgb
+            encoded = acc.marker()
+            sampler = self.sampler()
+            if probe:
+                sampler = sampler.with_design(IID())
+            draws = draw_inner(R, K, x.shape[1:], sampler=sampler,
+                               antithetic=cfg.antithetic and not probe, generator=gen,
+                               device=x.device, dtype=x.dtype)
+            given = dict(condition=condition, uncond=uncond, **conditions)
+            est = estimate_from_draws(self.objective, x, draws,
+                                      **{k: v for k, v in given.items() if v is not None})
+            inner_done = acc.marker()  # the probe's VJPs are not teacher cost
+            probed = None
+            if probe:
+                if params is not None:
+                    probed = parameter_space_components(x, est.values, params)
+                else:
+                    self._warn_once("input", "K='auto' without params: choosing K from variance "
+                                             "components in the teacher's input space, which can "
+                                             "differ greatly from the parameter gradient's; pass "
+                                             "params=... (module docstring)")
+                    probed = est.components
+        except BaseException:
+            gen.set_state(gen_state)  # a failed call consumes no random numbers
+            raise
         finally:
-            if own_batch is not None:
-                teacher.max_batch_size = own_batch
-        # Update only after the draw: the next step's q is fixed before its draw.
-        if self._adaptive is not None:
-            self._adaptive.update(est.t, est.sq_norm)
-        sb = sw = float("nan")
-        if est.components is not None:
-            sb, sw = float(est.components.sigma_b2), float(est.components.sigma_w2)
-        probed = None
-        if probe:
-            if params is not None:
-                probed = self._probe(x, est, params, R)
-            else:
-                if not self._warned_input_space:
-                    warnings.warn("K='auto' without params: choosing K from variance components in "
-                                  "the teacher's input space, which can differ greatly from the "
-                                  "parameter gradient's; pass params=... (module docstring)",
-                                  UserWarning, stacklevel=2)
-                    self._warned_input_space = True
-                probed = est.components
-            acc.observe(float(probed.sigma_b2), float(probed.sigma_w2))
+            for t, size in saved_batch:
+                t.max_batch_size = size
+        # State changes only after the step succeeded.
+        if self._last_stop is not None:
+            acc.interval("upstream", self._last_stop, encoded, n=R)
+        acc.interval("inner", encoded, inner_done, n=R * K)
+        if self.proposal.adaptive:
+            self.proposal.update(est.t, est.sq_norm)  # the next q is fixed before its draw
+            self._tables = None
         decision = None
-        if cfg.K == "auto" and (self.calls + 1) % cfg.decide_every == 0:
-            decision = acc.decide(self.calls)
+        if probed is not None:
+            sb, sw = torch.stack([probed.sigma_b2, probed.sigma_w2]).tolist()  # one read
+            acc.observe(sb, sw)
+            self.probes += 1
+            if self.probes % cfg.decide_every == 0:
+                decision = acc.decide(self.calls)
         self.calls += 1
         lo, hi = self.step_range()
-        out = {
-            "loss_sds": est.loss, "grad_norm": est.grad_norm, "timesteps": est.t,
-            "weights": est.w, "K": K, "sigma_b2": sb, "sigma_w2": sw, "probe": probed,
-            "variance": float(est.variance), "min_step": lo, "max_step": hi,
-            "c_u": acc.c_u, "c_d": acc.c_d, "k_decision": decision, "grad": est.grad,
-        }
+        self.last = GuidanceStep(est, K, lo, hi, probed, decision)
         self._last_stop = acc.marker()
-        return out
+        return {f"loss_{self.objective.name}": est.loss, "grad_norm": est.grad_norm,
+                "variance": est.variance, "min_step": lo, "max_step": hi, "K": K}
 
     # ------------------------------------------------------------------ checkpoints
 
     def get_extra_state(self) -> dict:
-        """Adaptive proposal, accountant, counters and generator state (in ``state_dict()``)."""
+        """Proposal state, accountant, counters and generator state (in ``state_dict()``)."""
         return {
             "config": asdict(self.config),
             "calls": self.calls,
+            "probes": self.probes,
             "global_step": self.global_step,
-            "p_range": self._p_range,
-            "adaptive": None if self._adaptive is None else self._adaptive.state_dict(),
+            "proposal": self.proposal.state_dict(),
             "accountant": self.accountant.state_dict(),
             "generator": self.generator.get_state().clone(),
         }
@@ -399,9 +431,9 @@ class CARVGuidance(nn.Module):
                 + ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})" for k in differ)
             )
         self.calls, self.global_step = int(state["calls"]), int(state["global_step"])
-        self._p_range = None if state["p_range"] is None else tuple(state["p_range"])
-        self._adaptive = None if state["adaptive"] is None else \
-            AdaptiveProposal.from_state_dict(state["adaptive"], device=self.device)
+        self.probes = int(state.get("probes", 0))
+        self.proposal.load_state_dict(state["proposal"])
         self.accountant.load_state_dict(state["accountant"])
         self.generator.set_state(state["generator"])
+        self._tables = None
         self._last_stop = None

@@ -30,6 +30,18 @@ descending $g$ moves $x$ toward the real distribution. SDS is the special case
 $\hat\epsilon_{\rm fake} = \epsilon$. DMD2's $x_0$-space residual is ``weighting``
 $= \sigma_t/\alpha_t$ (times its per-sample normaliser, which we leave to the caller).
 
+**Objectives are objects.** :class:`SDS`, :class:`DMD` and :class:`Integrand` (a
+user's $f$) follow the :class:`Objective` protocol: an ``alphas_cumprod``, a weight
+table ``weights`` $= w(t)$ (what the weight-heuristic proposal multiplies $p$ by), a
+``name`` (the loss key ``loss_<name>``) and ``integrand(x_t, t, eps, **conditions)``.
+:func:`estimate` runs any of them; :func:`sds` and :func:`dmd` are shorthands, and
+:class:`~carv_torch.guidance.CARVGuidance` runs the same objects.
+
+**Samplers are objects.** Every function takes ``sampler=`` (any sampler of the
+core protocol, e.g. one certified by :mod:`carv_core.testing`; converted by
+:func:`carv_torch.breakpoints.as_sampler`), or ``p``, ``q`` and a ``design`` as a
+shorthand for the inverse-CDF sampler.
+
 Randomness: from ``generator`` the uniforms are drawn first, then the noise.
 Diagnostics are in $x$-space: ``components`` are ANOVA estimates of
 $\sigma_B^2, \sigma_W^2$ of $Y_{rk} = \tilde w_{rk} f_{rk}$ (a proxy for the
@@ -40,36 +52,31 @@ $\theta$-space components; conservative under stratification, see
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 
-from .estimator import hierarchical_estimate, variance_components
-from .sampling import draw_uniforms, gaussian_noise, timesteps_from_uniforms
-from .schedules import DiscreteSchedule
-from .weighting import sds_weight
+from .estimator import _anova, _between, _hierarchical
+from .inner import InnerDraws, _expand, _noisy, _per_draw, draw_inner, resolve_sampler
+from .integrands import DMD, SDS, Integrand, Objective, Weighting, _teacher_abar, _weight_table
 
 __all__ = [
     "InnerDraws",
     "GradientEstimate",
     "AttributionEstimate",
+    "Objective",
+    "SDS",
+    "DMD",
+    "Integrand",
+    "resolve_sampler",
     "draw_inner",
     "surrogate_loss",
+    "estimate",
+    "estimate_from_draws",
     "sds",
     "dmd",
     "attribution",
 ]
-
-Weighting = Union[str, torch.Tensor]
-
-
-class InnerDraws(NamedTuple):
-    r"""Inner draws: timesteps ``t`` ``(R, K)``, weights $\tilde w$ ``(R, K)``, noise ``eps`` ``(R, K, *S)``."""
-
-    t: torch.Tensor
-    w: torch.Tensor
-    eps: torch.Tensor
-
 
 class GradientEstimate(NamedTuple):
     r"""A hierarchical gradient estimate with respect to the upstream output.
@@ -81,7 +88,7 @@ class GradientEstimate(NamedTuple):
         t: timesteps, ``(R, K)``.
         w: importance weights $\tilde w$, ``(R, K)``.
         sq_norm: $\lVert f_{rk}\rVert^2$ (unweighted), ``(R, K)``.
-        variance: unbiased $\operatorname{tr}\widehat{\operatorname{Var}}$ of $\frac1R\sum_r g_r$ (``nan`` when $R = 1$).
+        variance: unbiased $\operatorname{tr}\widehat{\operatorname{Var}}$ of $\frac1R\sum_r g_r$, 0-dim (``nan`` when $R = 1$).
         components: ANOVA :class:`~carv_torch.estimator.VarianceComponents` of $Y_{rk}$, or ``None`` unless $R, K \ge 2$.
         K: inner draws per upstream sample.
         values: the weighted draws $Y_{rk} = \tilde w_{rk} f_{rk}$, ``(R, K, *S)`` (detached), from
@@ -117,9 +124,6 @@ class AttributionEstimate(NamedTuple):
     K: int
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def _check_upstream(name: str, x) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise TypeError(f"{name} must be a floating tensor of shape (R, C, H, W), got "
@@ -128,127 +132,78 @@ def _check_upstream(name: str, x) -> None:
         raise ValueError(f"{name} must hold at least one upstream sample, got shape {tuple(x.shape)}")
 
 
-def _check_K(K, antithetic: bool) -> int:
-    if isinstance(K, bool) or not isinstance(K, int):
-        raise TypeError(f"K must be an integer >= 1, got {K!r} ({type(K).__name__})")
-    if K < 1:
-        raise ValueError(f"K must be >= 1, got {K}")
-    if antithetic and K % 2:
-        raise ValueError(f"K must be even for antithetic noise pairs, got K = {K}")
-    return K
-
-
-def _teacher_abar(teacher) -> torch.Tensor:
-    abar = getattr(teacher, "alphas_cumprod", None)
-    if not isinstance(abar, torch.Tensor) or abar.ndim != 1:
-        raise TypeError(f"teacher must follow carv_torch.teachers.Teacher (a 1-D tensor "
-                        f"alphas_cumprod), got {type(teacher).__name__}")
-    return abar
-
-
-def _weight_table(weighting: Weighting, abar: torch.Tensor, include_alpha: bool) -> torch.Tensor:
-    # w(t) (times alpha_t unless include_alpha is False), float64, shape (T,).
-    schedule = DiscreteSchedule(abar.to(torch.float64))
-    if isinstance(weighting, torch.Tensor):
-        table = weighting.to(device=abar.device, dtype=torch.float64)
-        if table.shape != abar.shape:
-            raise ValueError(f"weighting must have shape {tuple(abar.shape)} (one w(t) per step), "
-                             f"got {tuple(table.shape)}")
-        return table * schedule.alpha if include_alpha else table
-    return sds_weight(weighting, schedule, include_alpha=include_alpha).to(torch.float64)
-
-
-def _per_draw(value, R: int, K: int, name: str):
-    # Conditioning given per upstream sample (leading dim 1 or R) -> one row per draw.
-    if value is None or not isinstance(value, torch.Tensor):
-        return value
-    if value.ndim == 0 or value.shape[0] not in (1, R):
-        raise ValueError(f"{name} must have leading dimension 1 or R = {R}, got shape {tuple(value.shape)}")
-    return value if value.shape[0] == 1 else value.repeat_interleave(K, dim=0)
-
-
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
-
-
-def draw_inner(R: int, K: int, shape, p, q=None, *, design: str = "stratified",
-               antithetic: bool = False, common: bool = False, generator=None,
-               device=None, dtype: torch.dtype = torch.float32) -> InnerDraws:
-    r"""Draw $t_{rk} = F_q^{-1}(u_{rk})$, $\tilde w_{rk} = p/q$ and $\epsilon_{rk} \sim \mathcal N(0, I)$.
-
-    Args:
-        R, K: upstream samples and inner draws per sample.
-        shape: the shape $S$ of one upstream output.
-        p: target pmf ``(T,)``. q: proposal pmf ``(T,)`` (``None``: $q = p$).
-        design: uniform design (:data:`carv_torch.sampling.DESIGNS`).
-        antithetic: noise in pairs $(\epsilon, -\epsilon)$ along $K$.
-        common: common random numbers: one row of draws shared by all $R$.
-        generator: ``torch.Generator`` on ``device``; uniforms first, then noise.
-    """
-    K = _check_K(K, antithetic)
-    rows = 1 if common else R
-    p_t = torch.as_tensor(p, dtype=torch.float64, device=device)
-    q_t = p_t if q is None else torch.as_tensor(q, dtype=torch.float64, device=device)
-    u = draw_uniforms(design, rows, K, generator, device=device)
-    draw = timesteps_from_uniforms(u, p_t, q_t)
-    eps = gaussian_noise(tuple(shape), K, generator, antithetic, R=rows,
-                                  device=device, dtype=dtype)
-    if common and R > 1:
-        return InnerDraws(draw.t.expand(R, K), draw.w.expand(R, K), eps.expand(R, *eps.shape[1:]))
-    return InnerDraws(draw.t, draw.w, eps)
-
-
 def surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     r"""$L = \frac{1}{2R}\lVert x - \mathrm{sg}(x - g)\rVert^2$, so $\nabla_x L = g/R$ and $\nabla_\theta L = \frac1R\sum_r J_r^\top g_r$."""
     if grad.shape != x.shape:
         raise ValueError(f"grad must have shape {tuple(x.shape)} like x, got {tuple(grad.shape)}")
     target = (x - grad.to(x.dtype)).detach()
-    return 0.5 * (x - target).pow(2).sum() / x.shape[0]
-
-
-def _noisy(x: torch.Tensor, draws: InnerDraws, abar: torch.Tensor):
-    # x_t = alpha_t x + sigma_t eps for every (r, k), flattened to (R K, *S).
-    a = abar.to(device=x.device, dtype=torch.float64)[draws.t]
-    alpha = _expand(a.sqrt().to(x.dtype), draws.eps)
-    sigma = _expand((1.0 - a).sqrt().to(x.dtype), draws.eps)
-    x_t = alpha * x.detach()[:, None] + sigma * draws.eps
-    return x_t.reshape(-1, *x.shape[1:]), draws.t.reshape(-1)
+    # threestudio's form: one fused autograd node, where (x - target).pow(2).sum() is three.
+    return 0.5 * torch.nn.functional.mse_loss(x, target, reduction="sum") / x.shape[0]
 
 
 def _estimate(x: torch.Tensor, f: torch.Tensor, draws: InnerDraws, K: int) -> GradientEstimate:
     # f: (R, K, *S) unweighted integrand. 1. weight, 2. average over K, 3. surrogate.
     R = x.shape[0]
-    Y = f * _expand(draws.w.to(f.dtype), f)  # weighted once; both estimates below read Y
-    est = hierarchical_estimate(Y)
+    # Weighted once; both estimates below read Y. Y is finite when the teacher's output
+    # was (its own check) and the weights are (finite by construction): no second check.
+    Y = f * _expand(draws.w.to(f.dtype), f)
+    parts = _between(Y)  # row means, G, S_B: shared by the estimate and the ANOVA
+    est = _hierarchical(Y, parts)
     grad = est.row_means.to(x.dtype)
-    components = variance_components(Y) if (R >= 2 and K >= 2) else None
+    components = _anova(Y, parts) if (R >= 2 and K >= 2) else None
     sq_norm = f.reshape(R, K, -1).pow(2).sum(-1)
     return GradientEstimate(grad, surrogate_loss(x, grad), grad.norm(), draws.t, draws.w,
                             sq_norm, est.variance, components, K, Y)
 
 
-# --------------------------------------------------------------------------- objectives
+def estimate_from_draws(objective, x: torch.Tensor, draws: InnerDraws, **conditions) -> GradientEstimate:
+    r"""$g_r = \frac1K\sum_k \tilde w_{rk} f(x_r, t_{rk}, \epsilon_{rk})$ for given draws (all $RK$ teacher inputs in one call)."""
+    R, K = draws.t.shape
+    per_draw = {k: _per_draw(v, R, K, k) for k, v in conditions.items()}
+    with torch.no_grad():
+        x_t, t = _noisy(x, draws, objective.alphas_cumprod)
+        f = objective.integrand(x_t, t, draws.eps.reshape(x_t.shape), **per_draw)
+    return _estimate(x, f.reshape(draws.eps.shape), draws, K)
 
 
-def sds(teacher, x: torch.Tensor, *, K: int, p, q=None, design: str = "stratified",
+def estimate(objective, x: torch.Tensor, *, K: int, sampler=None, p=None, q=None,
+             design="stratified", antithetic: bool = False, generator=None,
+             **conditions) -> GradientEstimate:
+    r"""The hierarchical estimate of any :class:`Objective` at upstream outputs ``x`` ``(R, *S)``.
+
+    Args:
+        objective: :class:`SDS`, :class:`DMD`, :class:`Integrand` or any :class:`Objective`.
+        x: upstream outputs (latents for a latent teacher); may require grad.
+        K: inner draws per upstream sample.
+        sampler: any core-protocol sampler; or ``p``, ``q``, ``design`` (shorthand).
+        antithetic: $(\epsilon, -\epsilon)$ pairs along $K$.
+        generator: ``torch.Generator`` on ``x``'s device.
+        conditions: keyword tensors for ``objective.integrand`` (leading dim 1 or ``R``).
+    """
+    _check_upstream("x", x)
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must follow carv_torch.objectives.Objective (name, "
+                        f"alphas_cumprod, weights, integrand), got {type(objective).__name__}")
+    T = objective.alphas_cumprod.shape[0]
+    sampler = resolve_sampler(sampler, p, q, design, n_timesteps=T, device=x.device)
+    draws = draw_inner(x.shape[0], K, x.shape[1:], sampler=sampler, antithetic=antithetic,
+                       generator=generator, device=x.device, dtype=x.dtype)
+    return estimate_from_draws(objective, x, draws, **conditions)
+
+
+def sds(teacher, x: torch.Tensor, *, K: int, p=None, q=None, design="stratified", sampler=None,
         weighting: Weighting = "sds", include_alpha: bool = True, condition=None, uncond=None,
         guidance_scale: float = 1.0, antithetic: bool = False, generator=None) -> GradientEstimate:
-    r"""Score distillation: $g_r = \frac1K\sum_k \tilde w_{rk}\,w(t_{rk})\,\alpha_{t_{rk}}(\hat\epsilon(x_{t,rk}, t_{rk}, y) - \epsilon_{rk})$.
-
-    $\hat\epsilon$ is the teacher's prediction with classifier-free guidance
-    $\hat\epsilon_\varnothing + s(\hat\epsilon_y - \hat\epsilon_\varnothing)$; all $R K$ noisy
-    inputs go to the teacher in one batched call (chunked by the teacher).
+    r"""Score distillation, $g_r = \frac1K\sum_k \tilde w_{rk}\,w(t_{rk})\,\alpha_{t_{rk}}(\hat\epsilon(x_{t,rk}, t_{rk}, y) - \epsilon_{rk})$: :func:`estimate` of :class:`SDS`.
 
     Args:
         teacher: a :class:`~carv_torch.teachers.Teacher`.
         x: upstream outputs, ``(R, C, H, W)`` (latents for a latent teacher); may require grad.
         K: inner draws per upstream sample.
-        p, q: target and proposal pmfs over the teacher's ``T`` steps.
-        design: uniform design of the sampler.
-        weighting: preset name or a ``(T,)`` tensor of $w(t)$.
-        include_alpha: multiply by $\alpha_t$ (paper); ``False`` is threestudio's $w(t)$ only.
+        p, q, design: target and proposal pmfs over the teacher's ``T`` steps and the design;
+            or ``sampler`` (any core-protocol sampler).
+        weighting, include_alpha, guidance_scale: as in :class:`SDS`.
         condition, uncond: per upstream sample (leading dim 1 or ``R``).
-        guidance_scale: CFG scale $s$.
         antithetic: $(\epsilon, -\epsilon)$ pairs along $K$.
         generator: ``torch.Generator`` on ``x``'s device.
 
@@ -263,56 +218,28 @@ def sds(teacher, x: torch.Tensor, *, K: int, p, q=None, design: str = "stratifie
         >>> est.grad.shape, est.t.shape, est.K
         (torch.Size([2, 1, 2, 2]), torch.Size([2, 4]), 4)
     """
-    _check_upstream("x", x)
-    abar = _teacher_abar(teacher)
-    R = x.shape[0]
-    draws = draw_inner(R, K, x.shape[1:], p, q, design=design, antithetic=antithetic,
-                       generator=generator, device=x.device, dtype=x.dtype)
-    table = _weight_table(weighting, abar, include_alpha).to(x.device)
-    with torch.no_grad():
-        x_t, t = _noisy(x, draws, abar)
-        eps_hat = teacher.predict_noise(x_t, t, _per_draw(condition, R, K, "condition"),
-                                        uncond=_per_draw(uncond, R, K, "uncond"),
-                                        guidance_scale=guidance_scale)
-        # f = w(t) alpha_t (eps_hat - eps)
-        f = _expand(table[draws.t].to(x.dtype), draws.eps) * (eps_hat.reshape(draws.eps.shape) - draws.eps)
-    return _estimate(x, f, draws, K)
+    objective = SDS(teacher, weighting=weighting, include_alpha=include_alpha,
+                    guidance_scale=guidance_scale)
+    return estimate(objective, x, K=K, sampler=sampler, p=p, q=q, design=design,
+                    antithetic=antithetic, generator=generator, condition=condition, uncond=uncond)
 
 
-def dmd(real, fake, x: torch.Tensor, *, K: int, p, q=None, design: str = "stratified",
+def dmd(real, fake, x: torch.Tensor, *, K: int, p=None, q=None, design="stratified", sampler=None,
         weighting: Weighting = "uniform", condition=None, uncond=None, guidance_scale: float = 1.0,
         fake_condition=None, antithetic: bool = False, generator=None) -> GradientEstimate:
-    r"""Distribution matching: $g_r = \frac1K\sum_k \tilde w_{rk}\,w(t_{rk})\,(\hat\epsilon_{\rm real} - \hat\epsilon_{\rm fake})(x_{t,rk}, t_{rk})$.
+    r"""Distribution matching, $g_r = \frac1K\sum_k \tilde w_{rk}\,w(t_{rk})\,(\hat\epsilon_{\rm real} - \hat\epsilon_{\rm fake})(x_{t,rk}, t_{rk})$: :func:`estimate` of :class:`DMD`.
 
-    The real teacher gets CFG (``condition``, ``uncond``, ``guidance_scale``); the
-    fake score gets ``fake_condition`` and no guidance. Both see the same noisy inputs.
-    See the module docstring for the sign.
-
-    Args:
-        real, fake: teachers sharing ``alphas_cumprod``.
-        x: generator outputs ``(R, C, H, W)``; other arguments as in :func:`sds`.
+    See the module docstring for the sign. Arguments as in :func:`sds`; ``x`` are
+    generator outputs ``(R, C, H, W)``.
     """
-    _check_upstream("x", x)
-    abar = _teacher_abar(real)
-    abar_fake = _teacher_abar(fake)
-    if abar_fake.shape != abar.shape or not torch.equal(abar_fake.to(abar), abar):
-        raise ValueError("real and fake teachers must share alphas_cumprod (the same noise schedule)")
-    R = x.shape[0]
-    draws = draw_inner(R, K, x.shape[1:], p, q, design=design, antithetic=antithetic,
-                       generator=generator, device=x.device, dtype=x.dtype)
-    table = _weight_table(weighting, abar, include_alpha=False).to(x.device)
-    with torch.no_grad():
-        x_t, t = _noisy(x, draws, abar)
-        e_real = real.predict_noise(x_t, t, _per_draw(condition, R, K, "condition"),
-                                    uncond=_per_draw(uncond, R, K, "uncond"),
-                                    guidance_scale=guidance_scale)
-        e_fake = fake.predict_noise(x_t, t, _per_draw(fake_condition, R, K, "fake_condition"))
-        f = _expand(table[draws.t].to(x.dtype), draws.eps) * (e_real - e_fake).reshape(draws.eps.shape)
-    return _estimate(x, f, draws, K)
+    objective = DMD(real, fake, weighting=weighting, guidance_scale=guidance_scale)
+    return estimate(objective, x, K=K, sampler=sampler, p=p, q=q, design=design,
+                    antithetic=antithetic, generator=generator, condition=condition,
+                    uncond=uncond, fake_condition=fake_condition)
 
 
-def attribution(teacher, x0: torch.Tensor, params, *, K: int, p, q=None,
-                design: str = "stratified", weighting: Weighting = "uniform", condition=None,
+def attribution(teacher, x0: torch.Tensor, params, *, K: int, p=None, q=None,
+                design="stratified", sampler=None, weighting: Weighting = "uniform", condition=None,
                 common_random_numbers: bool = False, antithetic: bool = False,
                 generator=None) -> AttributionEstimate:
     r"""Per-example diffusion-loss gradient features $\phi_r = \frac1K\sum_k \tilde w_{rk}\nabla_\phi\ell(x_{0,r}, t_{rk}, \epsilon_{rk})$.
@@ -327,6 +254,7 @@ def attribution(teacher, x0: torch.Tensor, params, *, K: int, p, q=None,
         teacher: a teacher differentiable in ``params`` (not frozen).
         x0: examples ``(R, C, H, W)``.
         params: tensors requiring grad (e.g. ``list(unet.parameters())``).
+        p, q, design, sampler: as in :func:`sds`.
         condition: per example (leading dim 1 or ``R``), or ``None``.
     """
     _check_upstream("x0", x0)
@@ -335,7 +263,8 @@ def attribution(teacher, x0: torch.Tensor, params, *, K: int, p, q=None,
         raise ValueError("params must be a non-empty list of tensors that require grad")
     abar = _teacher_abar(teacher)
     R = x0.shape[0]
-    draws = draw_inner(R, K, x0.shape[1:], p, q, design=design, antithetic=antithetic,
+    sampler = resolve_sampler(sampler, p, q, design, n_timesteps=abar.shape[0], device=x0.device)
+    draws = draw_inner(R, K, x0.shape[1:], sampler=sampler, antithetic=antithetic,
                        common=common_random_numbers, generator=generator, device=x0.device,
                        dtype=x0.dtype)
     table = _weight_table(weighting, abar, include_alpha=False).to(x0.device)

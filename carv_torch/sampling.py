@@ -3,10 +3,14 @@ r"""Timestep sampling on tensors: a uniform design, then a pure transform.
 As in :mod:`carv_core.sampling` (design.md §4):
 
 1. :func:`draw_uniforms` draws $u \in [0,1)^{R\times K}$ with a ``torch.Generator``
-   (the only random step; designs ``iid``, ``stratified``, ``global``,
-   ``systematic``, ``sobol``, see the core module for the table);
+   (the only random step) under a design *object* of :mod:`carv_core.designs`
+   (or its shorthand name): an affine design's integer :class:`~carv_core.designs.Layout`
+   is read once and applied on the device, so a user design runs unchanged;
 2. :func:`timesteps_from_uniforms` maps $u$ to $t = F_q^{-1}(u)$ and
    $\tilde w = p(t)/q(t)$ on the device of $u$, without a host round trip.
+
+:func:`carv_torch.breakpoints.as_sampler` turns any sampler of the core protocol
+(e.g. one certified by :mod:`carv_core.testing`) into one that runs on tensors.
 
 Fed the same uniforms, the transform returns *exactly* the core's integer
 timesteps: the inverse CDF always runs in float64 (float32 uniforms are widened
@@ -21,6 +25,7 @@ numpy and is exact on every device.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,7 +33,7 @@ from typing import NamedTuple
 import carv_core
 import numpy as np
 import torch
-from carv_core.sampling import DESIGNS
+from carv_core.designs import DESIGNS, Design, Sobol, as_design, warn_sobol_length
 
 from ._validation import (
     as_dtype,
@@ -42,6 +47,7 @@ from ._validation import (
     host_pmf,
     is_validating,
     resolve_device,
+    same_device,
     to_numpy,
 )
 from .distributions import PiecewiseDensity
@@ -49,6 +55,8 @@ from .proposals import pmf_pair, ratio
 
 __all__ = [
     "DESIGNS",
+    "Design",
+    "as_design",
     "TimestepDraw",
     "cdf_from_pmf",
     "inverse_cdf",
@@ -95,6 +103,22 @@ def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.minimum(idx, last)
 
 
+def _host_ends(cdf: np.ndarray) -> tuple[float, int]:
+    # F(T-1) and the last index with mass, read once from a host-built CDF.
+    total = float(cdf[-1])
+    return total, int(np.searchsorted(cdf, total, side="left"))
+
+
+def _inverse_cdf_at(cdf: torch.Tensor, u: torch.Tensor, total: float, last: int) -> torch.Tensor:
+    # _inverse_cdf with its two ends from _host_ends: the same values (u * total is the
+    # same float64 product, exact when total is 1; clamp(max=last) is minimum(idx, last)),
+    # two device ops fewer per draw.
+    v = u.to(torch.float64)
+    if total != 1.0:
+        v = v * total
+    return torch.searchsorted(cdf, v.contiguous(), right=True).clamp_(max=last)
+
+
 def inverse_cdf(cdf, u) -> torch.Tensor:
     r"""Discrete $F^{-1}(u) = \min\{j : F(j) > u\}$, elementwise over ``u`` (int64, ``u``'s shape).
 
@@ -138,9 +162,12 @@ def stratum_pmfs(q, B: int) -> torch.Tensor:
 def stratify(xi, offset) -> torch.Tensor:
     r"""$u = (\text{offset} + \xi)/B$ along the last axis of length $B$: the pure stratification map."""
     xi = as_tensor("xi", xi, allow_empty=True)
-    return (torch.as_tensor(offset, device=xi.device, dtype=xi.dtype) + xi) / xi.shape[-1]
+    u = (torch.as_tensor(offset, device=xi.device, dtype=xi.dtype) + xi) / xi.shape[-1]
+    # (B - 1 + xi) / B can round up to exactly 1.0 for xi close to 1: keep u < 1 (as carv_core).
+    return u.clamp_(max=_largest_below_one(u.dtype))
 
 
+@functools.lru_cache(maxsize=None)
 def _largest_below_one(dtype: torch.dtype) -> float:
     return 1.0 - torch.finfo(dtype).eps / 2
 
@@ -148,7 +175,7 @@ def _largest_below_one(dtype: torch.dtype) -> float:
 def _sobol_rows(R: int, K: int, generator, device) -> torch.Tensor:
     # One scrambled engine per row, seeded from the generator (independent
     # streams, no seed + i). SobolEngine runs on the CPU; the seeds are R
-    # integers read to the host, the draws are moved to `device`.
+    # integers read to the host (a sync), the draws are moved to `device`.
     seeds = torch.randint(0, 2**62, (R,), generator=generator,
                           device=generator.device if generator is not None else "cpu")
     rows = [torch.quasirandom.SobolEngine(1, scramble=True, seed=int(s)).draw(K, dtype=torch.float64)[:, 0]
@@ -156,16 +183,73 @@ def _sobol_rows(R: int, K: int, generator, device) -> torch.Tensor:
     return torch.stack(rows).to(device)
 
 
-def draw_uniforms(design: str, R: int, K: int, generator=None, *, device=None,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    r"""Draw $u$ of shape ``(R, K)`` under a uniform design (see :mod:`carv_core.sampling`).
+class _Plan(NamedTuple):
+    # A validated Layout on the device. kind: "iid" (u = xi), "own" (u = (o + xi)/d:
+    # slot rk reads jitter rk with sign +1, e.g. per-row strata) or "general".
+    kind: str
+    block: torch.Tensor
+    offset: torch.Tensor
+    sign: torch.Tensor
+    denom: torch.Tensor
+    n_blocks: int
+    shuffle_rows: bool
 
+
+@functools.lru_cache(maxsize=256)
+def _layout_on(design: Design, R: int, K: int, device: torch.device) -> _Plan:
+    # The design's integer layout, validated once and kept on the device: a draw is
+    # then one rand() and a few elementwise ops, with no host work. The fast kinds
+    # skip only exact no-ops (xi[arange] = xi, 1 * xi = xi, (0 + xi)/1 = xi).
+    lay = design.checked_layout(R, K)
+    own = (lay.n_blocks == R * K and np.array_equal(lay.block, np.arange(R * K).reshape(R, K))
+           and bool(np.all(lay.sign == 1)))
+    kind = "general"
+    if own:
+        kind = "iid" if (not lay.offset.any() and bool(np.all(lay.denom == 1))) else "own"
+    def put(a):
+        return torch.as_tensor(a, dtype=torch.int64).to(device)
+    return _Plan(kind, put(lay.block), put(lay.offset).to(torch.float64), put(lay.sign).to(torch.float64),
+                 put(lay.denom).to(torch.float64), lay.n_blocks, lay.shuffle_rows)
+
+
+def _draw(design: Design, R: int, K: int, generator, device) -> torch.Tensor:
+    # u = (o + s xi[block]) / d in float64, below 1; then the optional row shuffle.
+    if not design.affine:
+        if isinstance(design, Sobol):
+            warn_sobol_length(K)
+            return _sobol_rows(R, K, generator, device)
+        draw_torch = getattr(design, "draw_torch", None)
+        if draw_torch is None:
+            raise TypeError(f"{type(design).__name__} is not affine and has no draw_torch(R, K, "
+                            "generator, device): carv_torch cannot draw it")
+        return draw_torch(R, K, generator, device)
+    plan = _layout_on(design, R, K, torch.device(device))
+    xi = torch.rand((plan.n_blocks,), generator=generator, device=device, dtype=torch.float64)
+    if plan.kind == "iid":
+        u = xi.view(R, K)
+    elif plan.kind == "own":
+        u = (plan.offset + xi.view(R, K)) / plan.denom
+    else:
+        u = (plan.offset + plan.sign * xi[plan.block]) / plan.denom
+    u = u.clamp_(0.0, _largest_below_one(torch.float64))
+    if plan.shuffle_rows:
+        keys = torch.rand((R, K), generator=generator, device=device, dtype=torch.float64)
+        u = torch.gather(u, 1, torch.argsort(keys, dim=1, stable=True))
+    return u
+
+
+def draw_uniforms(design, R: int, K: int, generator=None, *, device=None,
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    r"""Draw $u$ of shape ``(R, K)`` under a uniform design (:mod:`carv_core.designs`).
+
+    The draw reads the same :class:`~carv_core.designs.Layout` as the core and the
+    exact kit: jitters first, then (for shuffled designs) the permutation keys.
     Strata are formed in float64 and the result is rounded to ``dtype`` and
     clamped below 1, so $u \in [0, 1)$ holds in every dtype (in float32,
     $(K - 1 + \xi)/K$ would otherwise round to 1 about once in $2^{25}/K$ rows).
 
     Args:
-        design: one of :data:`DESIGNS`.
+        design: a :class:`~carv_core.designs.Design` or a shorthand in :data:`DESIGNS`.
         R, K: upstream samples and inner draws per upstream sample.
         generator: ``torch.Generator`` or ``None`` (torch's global generator).
         device: where to draw (default: the generator's device, else torch's
@@ -177,13 +261,12 @@ def draw_uniforms(design: str, R: int, K: int, generator=None, *, device=None,
         >>> bool((torch.floor(u * 4) == torch.arange(4)).all())
         True
     """
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    design = as_design(design)
     R = as_int("R", R, minimum=1)
     K = as_int("K", K, minimum=1)
     device = resolve_device(device, generator)
     dtype = as_dtype("dtype", dtype)
-    if torch.finfo(dtype).bits < 32:
+    if dtype.itemsize < 4:  # torch.finfo(dtype).bits < 32, without building a finfo per call
         warnings.warn(
             f"dtype {dtype} has a {torch.finfo(dtype).bits}-bit float: uniforms are quantised to "
             f"steps of {torch.finfo(dtype).eps:.3g}, which coarsens the inverse CDF. "
@@ -191,27 +274,9 @@ def draw_uniforms(design: str, R: int, K: int, generator=None, *, device=None,
             UserWarning,
             stacklevel=2,
         )
-
-    def rand(*shape):
-        return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
-
-    if design == "iid":
-        u = rand(R, K)
-    elif design == "stratified":
-        u = stratify(rand(R, K), torch.arange(K, device=device))
-    elif design == "global":
-        u = stratify(rand(R * K), torch.arange(R * K, device=device)).reshape(R, K)
-    elif design == "systematic":
-        u = stratify(rand(R, 1).expand(R, K), torch.arange(K, device=device))
-    else:
-        if K & (K - 1):
-            warnings.warn(
-                f"K = {K} is not a power of 2: a scrambled Sobol prefix of that length loses "
-                "its balance properties. Prefer K in {1, 2, 4, 8, ...}.",
-                UserWarning,
-                stacklevel=2,
-            )
-        u = _sobol_rows(R, K, generator, device)
+    u = _draw(design, R, K, generator, device)
+    if dtype == torch.float64 and design.affine:
+        return u  # _draw clamped it below 1 in float64 already
     return u.to(dtype).clamp_(max=_largest_below_one(dtype))
 
 
@@ -269,7 +334,7 @@ def continuous_from_uniforms(u, p: PiecewiseDensity, q: PiecewiseDensity) -> Tim
 
 
 @dataclass(frozen=True, eq=False)
-class InverseCDFSampler:
+class InverseCDFSampler(carv_core.MonotoneSampler):
     r"""A uniform ``design`` followed by $t = F_q^{-1}(u)$, $\tilde w = p/q$, on tensors.
 
     $F_q$ and the weight table are built once on the host (numpy's sequential
@@ -284,17 +349,17 @@ class InverseCDFSampler:
 
     p: torch.Tensor
     q: torch.Tensor
-    design: str = "iid"
+    design: Design = "iid"
 
     def __post_init__(self):
         p, q = pmf_pair("p", self.p, "q", self.q)
         check_support(p, q)
-        if self.design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        object.__setattr__(self, "design", as_design(self.design))
         object.__setattr__(self, "p", p)
         object.__setattr__(self, "q", q)
         cdf = np.cumsum(to_numpy("q", q))
         object.__setattr__(self, "_cdf", from_host(cdf, device=p.device))
+        object.__setattr__(self, "_ends", _host_ends(cdf))
         object.__setattr__(self, "_weights", ratio(p, q))
 
     @property
@@ -303,18 +368,48 @@ class InverseCDFSampler:
         return self.p.device
 
     def to(self, device) -> "InverseCDFSampler":
-        """The same sampler on another device."""
+        """The same sampler on another device (itself when already there)."""
+        if same_device(torch.device(device), self.device):
+            return self
         return InverseCDFSampler(self.p.to(device), self.q.to(device), self.design)
+
+    @classmethod
+    def from_core(cls, sampler: carv_core.InverseCDFSampler, device=None) -> "InverseCDFSampler":
+        """The torch twin of a (validated) core sampler: tables copied host-to-device, no device read."""
+        if not isinstance(sampler, carv_core.InverseCDFSampler):
+            raise TypeError(f"sampler must be a carv_core.InverseCDFSampler, got {type(sampler).__name__}")
+        out = object.__new__(cls)
+        p, q = from_host(sampler.p, device=device), from_host(sampler.q, device=device)
+        cdf = np.cumsum(sampler.q)
+        for name, value in (("p", p), ("q", q), ("design", sampler.design),
+                            ("_cdf", from_host(cdf, device=device)), ("_ends", _host_ends(cdf)),
+                            ("_weights", from_host(carv_core.importance_weights(sampler.p, sampler.q),
+                                                   device=device))):
+            object.__setattr__(out, name, value)
+        return out
+
+    def with_design(self, design) -> "InverseCDFSampler":
+        """The same transform under another design (tables shared, nothing re-validated)."""
+        out = object.__new__(type(self))
+        for name in ("p", "q", "_cdf", "_ends", "_weights"):
+            object.__setattr__(out, name, getattr(self, name))
+        object.__setattr__(out, "design", as_design(design))
+        return out
 
     def transform(self, u) -> TimestepDraw:
         """The pure transform (see :func:`timesteps_from_uniforms`); ``u`` on :attr:`device`."""
         u = _uniforms(u)
         check_device("u", u, self.device, "the sampler's p")
-        return _transform(self._cdf, self._weights, u)
+        return self._apply(u)
+
+    def _apply(self, u: torch.Tensor) -> TimestepDraw:
+        t = _inverse_cdf_at(self._cdf, u, *self._ends)
+        return TimestepDraw(t, self._weights[t].to(u.dtype))
 
     def __call__(self, R: int, K: int, generator=None) -> TimestepDraw:
         """Draw ``(R, K)`` timesteps and float64 weights on :attr:`device`."""
-        return self.transform(draw_uniforms(self.design, R, K, generator, device=self.device))
+        # The design's draw is in [0, 1) by construction: no value check on it.
+        return self._apply(draw_uniforms(self.design, R, K, generator, device=self.device))
 
 
 def gaussian_noise(shape, K: int, generator=None, antithetic: bool = False, R: int = 1, *,

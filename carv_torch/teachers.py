@@ -10,7 +10,9 @@ Classifier-free guidance (CFG) with scale $s$:
 $$ \hat\epsilon = \hat\epsilon(x_t, t, \varnothing) + s\,\big(\hat\epsilon(x_t, t, y) - \hat\epsilon(x_t, t, \varnothing)\big), $$
 
 the unconditional and conditional halves evaluated in one batched call
-(threestudio's and diffusers' convention; $s = 1$ is the conditional model).
+(diffusers' convention; $s = 1$ is the conditional model). threestudio's SDS forms
+$\hat\epsilon_y + s_{\rm ts}(\hat\epsilon_y - \hat\epsilon_\varnothing)$, so its $s_{\rm ts}$ is this
+$s - 1$ (:mod:`carv_torch.threestudio` converts).
 
 Other parameterisations are converted to epsilon:
 
@@ -21,7 +23,9 @@ Other parameterisations are converted to epsilon:
 | ``sample`` | $\hat x_0$ | $(x_t - \alpha_t \hat x_0)/\sigma_t$ |
 
 A non-finite prediction is an error that names the affected timesteps; it is
-never propagated silently (``nan_policy="zero"`` zeroes those rows and warns).
+never propagated silently (``nan_policy="zero"`` zeroes those rows and warns). These
+checks read values back from the device and are skipped, like every value check,
+while validation is off (:func:`carv_torch.set_validate_args`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import warnings
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from ._validation import is_validating
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -94,8 +100,10 @@ def _check_inputs(x_t, t, T: int):
                          f"{getattr(t, 'dtype', '')}")
     if t.device != x_t.device:
         raise ValueError(f"t is on {t.device} but x_t is on {x_t.device}; put both on one device")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= T):
-        raise ValueError(f"t must lie in [0, {T}), got values in [{int(t.min())}, {int(t.max())}]")
+    if is_validating() and t.numel():
+        lo, hi = torch.stack(torch.aminmax(t)).tolist()  # one host read (value check)
+        if lo < 0 or hi >= T:
+            raise ValueError(f"t must lie in [0, {T}), got values in [{lo}, {hi}]")
 
 
 def _coefficients(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor):
@@ -134,7 +142,8 @@ class DiffusersTeacher:
         vae: optional ``AutoencoderKL``; makes this a latent teacher (:meth:`encode`).
         max_batch_size: largest batch sent to the UNet in one call.
         nan_policy: ``"raise"`` (default) or ``"zero"`` (see :func:`check_finite`).
-        check_finite: set ``False`` to skip the finiteness check (saves a device sync).
+        check_finite: set ``False`` to skip the finiteness check (saves a device sync); it is
+            also skipped while value validation is off (:func:`carv_torch.set_validate_args`).
 
     The wrapper does not change ``requires_grad`` of the modules: freeze them
     (``unet.requires_grad_(False)``) for distillation; keep them trainable for attribution.
@@ -163,6 +172,12 @@ class DiffusersTeacher:
         param = next(unet.parameters())
         self.alphas_cumprod = torch.as_tensor(abar).to(device=param.device, dtype=torch.float64)
         self._conditional = "encoder_hidden_states" in inspect.signature(unet.forward).parameters
+
+    @classmethod
+    def from_pipeline(cls, pipe, **kwargs) -> "DiffusersTeacher":
+        r"""The latent teacher of a diffusers ``StableDiffusionPipeline``; see :func:`carv_torch.stable_diffusion.teacher_from_pipeline` (same keywords)."""
+        from .stable_diffusion import teacher_from_pipeline  # local: that module imports this one
+        return teacher_from_pipeline(pipe, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -248,7 +263,7 @@ class DiffusersTeacher:
                 out.append(self._to_epsilon(self._model(xs, ts, None if cond is None else cond[a:b]),
                                             xs, ts))
         eps = torch.cat(out).to(x_t.dtype)
-        return check_finite(eps, t, self.nan_policy) if self.check_finite else eps
+        return check_finite(eps, t, self.nan_policy) if self.check_finite and is_validating() else eps
 
     __call__ = predict_noise
 
@@ -351,6 +366,6 @@ class GaussianMixtureTeacher:
                                  "(log-weights of shape (N or 1, M))")
             e_u = self._eps(x_t, t, _rows(uncond, N, "uncond"))
             eps = e_u + guidance_scale * (eps - e_u)
-        return check_finite(eps, t, self.nan_policy)
+        return check_finite(eps, t, self.nan_policy) if is_validating() else eps
 
     __call__ = predict_noise

@@ -7,6 +7,7 @@ Choose explicitly with ``HYPOTHESIS_PROFILE=ci|dev|thorough``.
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -22,3 +23,14 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's torch work on one thread: tiny tensors gain nothing from threads, and
+    spinning threads suffer badly on a busy machine. Use with ``pytestmark``."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

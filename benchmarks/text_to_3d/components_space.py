@@ -46,11 +46,12 @@ def main(argv=None) -> dict:
     x_b, x_w, t_b, t_w = [], [], [], []
     for _ in range(args.calls):
         nerf.zero_grad(set_to_none=True)
-        out = guid(nerf(sample_cameras(2, g)), cond, unc, params=nerf_parameters(nerf))
-        x_b.append(out["sigma_b2"])
-        x_w.append(out["sigma_w2"])
-        t_b.append(float(out["probe"].sigma_b2))
-        t_w.append(float(out["probe"].sigma_w2))
+        guid(nerf(sample_cameras(2, g)), cond, unc, params=nerf_parameters(nerf))
+        step = guid.last
+        x_b.append(float(step.estimate.components.sigma_b2))
+        x_w.append(float(step.estimate.components.sigma_w2))
+        t_b.append(float(step.probe.sigma_b2))
+        t_w.append(float(step.probe.sigma_w2))
     res = {"c_u_over_c_d": ratio, "calls": args.calls}
     for name, b, w in (("input_space", x_b, x_w), ("parameter_space", t_b, t_w)):
         sb, sw = float(np.mean(b)), float(np.mean(w))

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Union
 
 import torch
 
-from carv_torch import oracle_proposal, uniform_timesteps
+from carv_torch import FixedProposal, oracle_proposal, uniform_timesteps
 from carv_torch.guidance import CARVGuidance, GuidanceConfig
 from carv_torch.renderers import GridRenderer
 
@@ -88,17 +88,6 @@ BASELINE = Method("baseline (R=2, K=1, uniform)", R=2, K=1, proposal="uniform", 
 """threestudio's estimator."""
 
 
-class _FixedProposalGuidance(CARVGuidance):
-    # CARVGuidance with a fixed, externally measured proposal q (the oracle).
-    def __init__(self, teacher, config, q: torch.Tensor):
-        super().__init__(teacher, config)
-        self._q_fixed = q.to(device=self.device, dtype=torch.float64)
-
-    def pmfs(self):
-        p, _ = super().pmfs()
-        return p, self._q_fixed
-
-
 def make_guidance(teacher, method: Method, *, seed: int, guidance_scale: float = GUIDANCE_SCALE,
                   oracle_q: torch.Tensor | None = None, fixed_costs=None,
                   weighting: str = "sds", k_max: int = 32) -> CARVGuidance:
@@ -107,7 +96,11 @@ def make_guidance(teacher, method: Method, *, seed: int, guidance_scale: float =
     ``fixed_costs`` ``(c_u, c_d)`` feeds ``K="auto"`` measured costs instead of its own
     in-loop timing (needed when several guidances are interleaved in one process).
     """
-    proposal = "uniform" if method.proposal == "oracle" else method.proposal
+    proposal = method.proposal
+    if proposal == "oracle":
+        if oracle_q is None:
+            raise ValueError(f"method {method.name!r} uses the oracle proposal; pass oracle_q (T,)")
+        proposal = FixedProposal(oracle_q)
     auto = method.K == "auto"
     cfg = GuidanceConfig(min_step_percent=T_RANGE[0], max_step_percent=T_RANGE[1],
                          weighting=weighting, include_alpha=True, proposal=proposal,
@@ -115,10 +108,6 @@ def make_guidance(teacher, method: Method, *, seed: int, guidance_scale: float =
                          K="auto" if auto else int(method.K), k_min=2, k_max=k_max, k_init=4,
                          fixed_costs=fixed_costs, guidance_scale=float(guidance_scale),
                          seed=int(seed))
-    if method.proposal == "oracle":
-        if oracle_q is None:
-            raise ValueError(f"method {method.name!r} uses the oracle proposal; pass oracle_q (T,)")
-        return _FixedProposalGuidance(teacher, cfg, oracle_q)
     return CARVGuidance(teacher, cfg)
 
 
@@ -165,7 +154,7 @@ def gradient_step(nerf: GridRenderer, guidance: CARVGuidance, cameras, condition
     images = nerf(cameras)
     out = guidance(images, condition, uncond, params=nerf_parameters(nerf))
     out["loss_sds"].backward()
-    return StepInfo(int(out["K"]), out["timesteps"], images.detach(), out["probe"] is not None)
+    return StepInfo(int(out["K"]), guidance.last.estimate.t, images.detach(), guidance.last.probe is not None)
 
 
 # --------------------------------------------------------------------------- evaluation

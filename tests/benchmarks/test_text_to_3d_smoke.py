@@ -25,13 +25,7 @@ from benchmarks.text_to_3d.teacher import load_teacher, null_condition, teacher_
 TINY = dict(grid_size=16, image_size=32, n_samples=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from threads, and spinning threads suffer badly on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

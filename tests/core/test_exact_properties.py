@@ -2,21 +2,20 @@
 
 For discrete t each sampler's law is known in closed form (design.md §2.3), so
 expectations and variances are computed by enumeration and the claims are
-checked to ~1e-12: unbiasedness, the variance decomposition
+checked to ~1e-12: unbiasedness of every affine design, the variance decomposition
 Var = (sigma_b2 + sigma_w2(K)/K)/R, stratified <= i.i.d., weights averaging to
-one under q, and agreement of the pairwise formula in ``exact_moments`` with a
-brute-force enumeration of the joint law.
+one under q, and agreement of ``exact_law`` + ``exact_moments`` with a
+brute-force joint enumeration (``kit_brute_force``) for built-in designs and
+random user layouts.
 """
 
-import itertools
-
 import numpy as np
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from kit_brute_force import enumerate_moments
 
-from carv_core import InverseCDFSampler, importance_weights, oracle_proposal, stratum_pmfs, weight_heuristic
+from carv_core import InverseCDFSampler, importance_weights, oracle_proposal, weight_heuristic
 from carv_core.testing import (
-    EXACT_DESIGNS,
     between_variance,
     check_sampler,
     exact_law,
@@ -24,7 +23,7 @@ from carv_core.testing import (
     target_mean,
     within_variance,
 )
-from carv_core.testing.strategies import integrand_tables, pmfs, proposals_for
+from carv_core.testing.strategies import designs, integrand_tables, layouts, pmfs, proposals_for
 
 RTOL = 1e-12
 
@@ -54,11 +53,14 @@ def _close(a, b, scale):
     return abs(a - b) <= RTOL * max(1.0, scale)
 
 
-@given(problems(), st.sampled_from(EXACT_DESIGNS))
-def test_every_design_is_unbiased(problem, design):
+@given(problems(), st.data())
+def test_every_design_is_unbiased(problem, data):
     p, q, table, pi, R, K = problem
+    design = data.draw(designs(K))
     report = check_sampler(InverseCDFSampler(p, q, design), p, table, R=R, K=K, row_probs=pi)
+    assert report.verdict == "unbiased" and report.certified, report
     assert report.relative_bias <= RTOL, report
+    assert report.bias <= report.rounding_bound, report  # exact to rounding, and the bound knows it
 
 
 @given(pmfs(max_size=12), st.data())
@@ -86,11 +88,12 @@ def test_iid_variance_matches_closed_form(problem):
     assert _close(var, closed, closed)
 
 
-@given(problems(), st.sampled_from(["iid", "stratified", "systematic"]))
-def test_law_of_total_variance(problem, design):
+@given(problems(), st.data())
+def test_law_of_total_variance(problem, data):
     # Per-row designs: Var G_hat = (Var_xi E[Y|xi] + E_xi Var(Y|xi)) / R, the second
     # term computed one outcome xi at a time (a different code path: X separate tables).
     p, q, table, pi, R, K = problem
+    design = data.draw(designs(K).filter(lambda d: d.name != "global"))
     law = exact_law(InverseCDFSampler(p, q, design), R, K, p.size)
     var = exact_moments(law, table, pi).variance
     decomposed = (between_variance(table, p, pi) + within_variance(law, table, pi)) / R
@@ -113,57 +116,35 @@ def test_global_strata_never_above_iid_when_K_is_one(problem):
     assert var["global"] <= var["iid"] * (1 + 1e-12) + 1e-12
 
 
-# --- brute force: enumerate the joint law without the pairwise formula ------------------------
+# --- brute force: enumerate the joint law without the kit ------------------------------------
 
-def _row_scenarios(design, q, w, r, R, K):
-    """(prob, t_row, w_row) for row r, from the closed-form CDF, not from bisection."""
-    cdf = np.cumsum(q)
-    if design == "systematic":
-        cuts = (K * cdf[None, :-1] - np.arange(K)[:, None]).ravel()
-        cuts = np.unique(np.concatenate([[0.0, 1.0], cuts[(cuts > 0) & (cuts < 1)]]))
-        out = []
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            u = (np.arange(K) + 0.5 * (a + b)) / K
-            t = np.searchsorted(cdf, u * cdf[-1], side="right")
-            out.append((b - a, t, w[t]))
-        return out
-    if design == "iid":
-        laws = [q] * K
-    elif design == "stratified":
-        laws = list(stratum_pmfs(q, K))
-    else:
-        laws = list(stratum_pmfs(q, R * K)[r * K:(r + 1) * K])
-    supports = [np.flatnonzero(law > 0) for law in laws]
-    out = []
-    for combo in itertools.product(*supports):
-        t = np.array(combo)
-        out.append((float(np.prod([laws[k][t[k]] for k in range(K)])), t, w[t]))
-    return out
-
-
-@given(problems(max_T=4, max_R=2, max_K=3), st.sampled_from(EXACT_DESIGNS))
-def test_exact_moments_equal_brute_force_enumeration(problem, design):
-    p, q, table, pi, R, K = problem
+def _assert_matches_brute_force(sampler, p, q, table, pi, R, K):
+    brute = enumerate_moments(sampler, q, R, K, table, pi, max_cases=20_000)
+    assume(brute is not None)
+    mean, var = brute
     w = importance_weights(p, q)
-    f = table.reshape(table.shape[0], table.shape[1], -1)
-    mean, var = 0.0, 0.0
-    for r in range(R):
-        # Rows are independent in every exact design: enumerate (xi, row scenario).
-        probs, ys = [], []
-        for prob, t, wt in _row_scenarios(design, q, w, r, R, K):
-            for x in range(f.shape[0]):
-                probs.append(prob * pi[x])
-                ys.append((wt[:, None] * f[x, t]).mean(axis=0))
-        probs, ys = np.array(probs), np.array(ys)
-        m = probs @ ys
-        mean = mean + m / R
-        var += float(probs @ np.sum((ys - m) ** 2, axis=1)) / R**2
-    law = exact_law(InverseCDFSampler(p, q, design), R, K, p.size)
-    mom = exact_moments(law, table, pi)
-    scale = float(np.abs(f).max() ** 2) * max(1.0, float(w.max() ** 2))
+    mom = exact_moments(exact_law(sampler, R, K, p.size), table, pi)
+    scale = float(np.abs(table).max() ** 2) * max(1.0, float(w.max() ** 2))
     np.testing.assert_allclose(mom.mean, mean, rtol=1e-12, atol=1e-12 * max(1.0, np.sqrt(scale)))
     assert abs(mom.variance - var) <= 1e-11 * max(1.0, scale)
-    np.testing.assert_allclose(mom.mean, target_mean(table, p, pi), atol=1e-11 * max(1.0, np.sqrt(scale)))
+
+
+@given(problems(max_T=4, max_R=2, max_K=4), st.data())
+def test_exact_moments_equal_brute_force_enumeration(problem, data):
+    p, q, table, pi, R, K = problem
+    sampler = InverseCDFSampler(p, q, data.draw(designs(K)))
+    _assert_matches_brute_force(sampler, p, q, table, pi, R, K)
+    np.testing.assert_allclose(exact_moments(exact_law(sampler, R, K, p.size), table, pi).mean,
+                               target_mean(table, p, pi), atol=1e-11 * max(1.0, float(np.abs(table).max())))
+
+
+@given(problems(max_T=4, max_R=2, max_K=2), st.data())
+def test_user_layouts_equal_brute_force_enumeration(problem, data):
+    # Any valid Layout (jitters shared within and across rows, mirrored slots, uneven
+    # strata): the law is exact even when the design is biased.
+    p, q, table, pi, R, K = problem
+    sampler = InverseCDFSampler(p, q, data.draw(layouts(R, K)))
+    _assert_matches_brute_force(sampler, p, q, table, pi, R, K)
 
 
 def test_stratification_strictly_helps_a_monotone_integrand():

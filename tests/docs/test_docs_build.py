@@ -13,10 +13,11 @@ MATHS_PAGES = [
     "maths/notation", "maths/hierarchical", "maths/importance-sampling", "maths/stratification",
     "maths/variance-estimation", "maths/figures-of-merit", "maths/not-the-bottleneck",
 ]
-API_MODULES = ["schedules", "weighting", "distributions", "proposals", "sampling", "estimator",
-               "allocation", "testing"]
-TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "sampling", "estimator",
-                     "allocation", "teachers", "objectives", "guidance", "accounting", "renderers"]
+API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "sampling",
+               "breakpoints", "estimator", "allocation", "testing"]
+TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "sampling", "breakpoints",
+                     "estimator", "allocation", "teachers", "integrands", "inner", "objectives",
+                     "guidance", "threestudio", "accounting", "probes", "renderers", "stable_diffusion"]
 
 
 class _Loader(yaml.SafeLoader):

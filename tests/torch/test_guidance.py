@@ -2,11 +2,13 @@
 
 import io
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import carv_core  # noqa: E402
+from carv_torch import DMD, FixedProposal, Integrand, OracleProposal, objectives  # noqa: E402
 from carv_torch.guidance import CARVGuidance, GuidanceConfig, scheduled_value  # noqa: E402
 from carv_torch.teachers import GaussianMixtureTeacher  # noqa: E402
 
@@ -32,7 +34,8 @@ def run(guidance, steps, start=0):
         x = images(i).requires_grad_(True)
         out = guidance(x)
         out["loss_sds"].backward()
-        outs.append((out["timesteps"].clone(), out["weights"].clone(), x.grad.clone(), out["K"]))
+        est = guidance.last.estimate
+        outs.append((est.t.clone(), est.w.clone(), x.grad.clone(), out["K"]))
     return outs
 
 
@@ -61,16 +64,20 @@ def test_checkpoint_resume_is_bit_identical(proposal, sampler):
 def test_reproducible_from_seed_and_explicit_generator():
     cfg = GuidanceConfig(proposal="adaptive", K=2, seed=11)
     assert_same(run(CARVGuidance(teacher(), cfg), 3), run(CARVGuidance(teacher(), cfg), 3))
-    g1 = CARVGuidance(teacher(), cfg)(images(0), generator=torch.Generator().manual_seed(5))
-    g2 = CARVGuidance(teacher(), cfg)(images(0), generator=torch.Generator().manual_seed(5))
-    assert torch.equal(g1["timesteps"], g2["timesteps"]) and torch.equal(g1["loss_sds"], g2["loss_sds"])
+    a, b = CARVGuidance(teacher(), cfg), CARVGuidance(teacher(), cfg)
+    g1 = a(images(0), generator=torch.Generator().manual_seed(5))
+    g2 = b(images(0), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.last.estimate.t, b.last.estimate.t) and torch.equal(g1["loss_sds"], g2["loss_sds"])
 
 
-def test_output_dict_like_threestudio():
-    out = CARVGuidance(teacher(), GuidanceConfig(K=4))(images(0))
-    assert {"loss_sds", "grad_norm", "timesteps", "weights", "K", "sigma_b2", "sigma_w2"} <= set(out)
-    assert out["timesteps"].shape == (3, 4) and out["loss_sds"].ndim == 0
-    assert out["min_step"] == 1 and out["max_step"] == 49
+def test_output_dict_is_scalars_and_diagnostics_are_on_last():
+    g = CARVGuidance(teacher(), GuidanceConfig(K=4))
+    out = g(images(0))
+    assert set(out) == {"loss_sds", "grad_norm", "variance", "min_step", "max_step", "K"}
+    assert all(isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.ndim == 0)
+               for v in out.values())
+    assert g.last.estimate.t.shape == (3, 4) and out["loss_sds"].ndim == 0
+    assert out["min_step"] == 1 and out["max_step"] == 49 and out["K"] == 4
 
 
 def test_t_range_schedule():
@@ -79,11 +86,12 @@ def test_t_range_schedule():
     g = CARVGuidance(teacher(), GuidanceConfig(max_step_percent=[0, 0.98, 0.5, 10], K=2))
     g.update_step(0, 10)
     out = g(images(0))
-    assert out["max_step"] == 25 and int(out["timesteps"].max()) <= 25
+    assert out["max_step"] == 25 and int(g.last.estimate.t.max()) <= 25
 
 
 def test_k_auto_moves_toward_allocator_choice_when_costs_change():
-    cfg = GuidanceConfig(K="auto", k_min=2, k_max=64, k_init=4, fixed_costs=(1.0, 1.0), seed=1)
+    cfg = GuidanceConfig(K="auto", k_min=2, k_max=64, k_init=4, fixed_costs=(1.0, 1.0), seed=1,
+                         probe_every=1)
     g = CARVGuidance(teacher(), cfg)
     with pytest.warns(UserWarning, match="pass params"):   # x is the parameter here
         for i in range(6):
@@ -92,10 +100,9 @@ def test_k_auto_moves_toward_allocator_choice_when_costs_change():
     cheap_k = acc.K
     assert cheap_k == min(max(carv_core.optimal_k(1.0, 1.0, max(acc.sigma_b2, 0), acc.sigma_w2, k_max=64), 2), 64)
     acc.fixed_costs = (400.0, 1.0)  # upstream becomes 400x the teacher call
-    out = None
     for i in range(6, 9):
-        out = g(images(i, B=4))
-    dec = out["k_decision"]
+        g(images(i, B=4))
+    dec = g.last.decision
     expected = min(max(carv_core.optimal_k(400.0, 1.0, max(dec.sigma_b2, 0), dec.sigma_w2, k_max=64), 2), 64)
     assert dec.K == expected and acc.K > cheap_k
     assert [d.step for d in acc.history] == list(range(9))
@@ -168,3 +175,41 @@ def test_guidance_does_not_change_the_shared_teacher():
     g = CARVGuidance(shared, GuidanceConfig(K=2, max_batch_size=1))
     g(images(0))
     assert shared.max_batch_size == 1024
+
+
+def _mixture(shift):
+    means = torch.tensor([[0.3, -0.2, 0.1, 0.0], [-0.5, 0.4, 0.0, 0.6]], dtype=DT) + shift
+    return GaussianMixtureTeacher(means, 0.5, teacher().alphas_cumprod)
+
+
+def test_guidance_runs_dmd_with_a_real_and_a_fake_teacher():
+    real, fake = _mixture(0.0), _mixture(0.4)
+    x = torch.rand(2, 1, 2, 2, generator=torch.Generator().manual_seed(9), dtype=DT).requires_grad_(True)
+    g = CARVGuidance(DMD(real, fake), GuidanceConfig(K=4, proposal="weight", seed=4))
+    state = g.generator.get_state()
+    out = g(x)
+    assert set(out) == {"loss_dmd", "grad_norm", "variance", "min_step", "max_step", "K"}
+    p, q = g.pmfs()
+    est = objectives.dmd(real, fake, x.detach(), K=4, p=p, q=q, design="stratified",
+                         generator=torch.Generator().set_state(state))
+    assert torch.equal(g.last.estimate.t, est.t) and torch.allclose(g.last.estimate.grad, est.grad)
+    out["loss_dmd"].backward()
+    assert torch.allclose(x.grad, est.grad / 2)
+
+
+def test_guidance_runs_a_user_integrand_and_proposal_objects():
+    abar = teacher().alphas_cumprod
+    obj = Integrand(lambda x_t, t, eps: x_t * 0 + t.to(x_t.dtype)[:, None, None, None], abar,
+                    name="tstep")
+    oracle = OracleProposal(torch.linspace(1.0, 4.0, abar.shape[0], dtype=DT), delta=0.2)
+    g = CARVGuidance(obj, GuidanceConfig(K=8, proposal=oracle, sampler="iid", seed=0))
+    out = g(images(0))
+    est = g.last.estimate
+    # f is t itself: each row mean is the importance-weighted mean of its draws' t.
+    assert torch.allclose(est.grad[:, 0, 0, 0], (est.w * est.t.to(DT)).mean(1))
+    assert "loss_tstep" in out
+    p, q = g.pmfs()
+    expected = carv_core.oracle_proposal(p.numpy(), torch.linspace(1.0, 4.0, abar.shape[0]).double().numpy(), 0.2)
+    assert np.allclose(q.numpy(), expected, rtol=1e-12)
+    fixed = CARVGuidance(obj, GuidanceConfig(K=2, proposal=FixedProposal(q), sampler="iid"))
+    assert torch.equal(fixed.pmfs()[1], q)

@@ -111,7 +111,7 @@ def test_probe_equals_split_half_computed_the_long_way(K):
     guid = CARVGuidance(teacher(), cfg)
     x = render(W, theta)
     out = guid(x, params=[theta])
-    assert out["K"] == K and out["probe"] is not None
+    assert out["K"] == K and guid.last.probe is not None
 
     # The same draws, i.i.d. (a probe does not stratify), from the same generator state.
     twin = CARVGuidance(teacher(), cfg)
@@ -119,21 +119,21 @@ def test_probe_equals_split_half_computed_the_long_way(K):
     est = objectives.sds(twin.teacher, x.detach(), K=K, p=p, q=q, design="iid",
                          weighting=cfg.weighting, include_alpha=cfg.include_alpha,
                          guidance_scale=cfg.guidance_scale, generator=twin.generator)
-    assert torch.equal(out["timesteps"], est.t)
+    assert torch.equal(guid.last.estimate.t, est.t)
     h = K // 2
     Y = est.values.reshape(3, K, -1)
     a, c = Y[:, :h].mean(1), Y[:, h:2 * h].mean(1)
     za = torch.stack([W[r].T @ a[r] for r in range(3)])        # J_r^T (half A mean), per render
     zc = torch.stack([W[r].T @ c[r] for r in range(3)])
     expected = split_half_components(za.mean(0), zc.mean(0), (za + zc) / 2, h)
-    assert torch.allclose(out["probe"].sigma_b2, expected.sigma_b2, rtol=1e-10)
-    assert torch.allclose(out["probe"].sigma_w2, expected.sigma_w2, rtol=1e-10)
+    assert torch.allclose(guid.last.probe.sigma_b2, expected.sigma_b2, rtol=1e-10)
+    assert torch.allclose(guid.last.probe.sigma_w2, expected.sigma_w2, rtol=1e-10)
     # the first probe seeds the accountant's running components
     assert guid.accountant.sigma_b2 == pytest.approx(float(expected.sigma_b2), rel=1e-10)
     assert guid.accountant.sigma_w2 == pytest.approx(float(expected.sigma_w2), rel=1e-10)
     # and the loss still back-propagates the ordinary estimate (the probe retained the graph)
     out["loss_sds"].backward()
-    assert torch.allclose(theta.grad, sum(W[r].T @ out["grad"][r].reshape(-1) for r in range(3)) / 3)
+    assert torch.allclose(theta.grad, sum(W[r].T @ guid.last.estimate.grad[r].reshape(-1) for r in range(3)) / 3)
 
 
 def test_probe_every_and_the_design_of_each_call():
@@ -148,14 +148,14 @@ def test_probe_every_and_the_design_of_each_call():
     for _ in range(7):
         state = guid.generator.get_state()
         x = render(W, theta)
-        out = guid(x, params=[theta])
-        probe = out["probe"] is not None
+        guid(x, params=[theta])
+        probe = guid.last.probe is not None
         probes.append(probe)
         for design in ("iid", "stratified"):
             est = objectives.sds(guid.teacher, x.detach(), K=4, p=p, q=q, design=design,
                                  weighting=cfg.weighting, guidance_scale=cfg.guidance_scale,
                                  generator=torch.Generator().set_state(state))
-            same = torch.equal(est.t, out["timesteps"])
+            same = torch.equal(est.t, guid.last.estimate.t)
             assert same == (design == ("iid" if probe else "stratified")), (design, probe)
     assert probes == [True, False, False, True, False, False, True]
 
@@ -163,19 +163,21 @@ def test_probe_every_and_the_design_of_each_call():
 def test_fixed_k_never_probes():
     W, theta = linear_scene()
     guid = CARVGuidance(teacher(), GuidanceConfig(K=4, probe_every=1, seed=0))
-    assert all(guid(render(W, theta), params=[theta])["probe"] is None for _ in range(3))
+    for _ in range(3):
+        guid(render(W, theta), params=[theta])
+        assert guid.last.probe is None
 
 
 def test_probe_warnings_and_bad_params():
     W, theta = linear_scene()
     guid = CARVGuidance(teacher(), GuidanceConfig(K="auto", probe_every=1, fixed_costs=(4.0, 1.0)))
     with pytest.warns(UserWarning, match="pass params"):
-        out = guid(render(W, theta).detach())
-    assert out["probe"] is not None                       # x-space ANOVA fallback
+        guid(render(W, theta).detach())
+    assert guid.last.probe is not None                       # x-space ANOVA fallback
     single = CARVGuidance(teacher(), GuidanceConfig(K="auto", fixed_costs=(4.0, 1.0)))
     with pytest.warns(UserWarning, match=">= 2 upstream samples"):
         out = single(render(W[:1], theta), params=[theta])
-    assert out["probe"] is None and out["K"] == 4
+    assert single.last.probe is None and out["K"] == 4
     with pytest.raises(ValueError, match="params must be a non-empty iterable"):
         guid(render(W, theta), params=[theta.detach()])
     with pytest.raises(ValueError, match="params must be a non-empty iterable"):
