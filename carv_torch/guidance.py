@@ -35,7 +35,13 @@ finiteness (each one read).
 gradient, not of $\bar Y_r$: every ``probe_every``-th call draws its inner draws i.i.d. (the
 step stays unbiased) and, with ``params``, $R + 1$ vector-Jacobian products give the
 parameter-space components of :func:`~carv_torch.estimator.split_half_components`; without
-``params`` the input-space ANOVA is used (warns once). $K$ is re-chosen after every
+``params`` the input-space ANOVA is used (warns once). With one upstream sample per call
+(threestudio's ``batch_size: 1``) the probe is a burst of three consecutive calls, each
+with two VJPs, and $\sigma_B^2$ comes from the second differences of their single-render
+means (:class:`~carv_torch.probes.SingleRenderProbe`, unbiased under a linear drift of the
+mean gradient; the optimiser stepping on the probe's own gradient inside the burst leaves a
+small bias, about 7 % of $\operatorname{tr}(A\Sigma)$ under Adam: see the maths page
+*Single-render probes*); this needs ``params``. $K$ is re-chosen after every
 ``decide_every``-th probe. $c_u$ is timed from the end of one call to the end of the
 next call's encode (render, backward, optimiser step and the teacher's encoder), per
 upstream sample; $c_d$ inside the call, per draw.
@@ -49,12 +55,12 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple, Sequence, Union
+from dataclasses import asdict
+from typing import Any, NamedTuple
 
 import carv_core
 import torch
-from carv_core.designs import IID, Design, as_design
+from carv_core.designs import IID, as_design
 from torch import nn
 
 from ._validation import is_validating
@@ -62,120 +68,13 @@ from .accounting import Accountant
 from .breakpoints import as_sampler
 from .integrands import SDS, Objective
 from .objectives import GradientEstimate, draw_inner, estimate_from_draws
-from .probes import parameter_space_components
-from .proposals import PROPOSALS, Proposal, as_proposal
+from .probes import SingleRenderProbe, parameter_space_components
+from .estimator import variance_components
+from .guidance_config import SAMPLERS, GuidanceConfig, is_sampler, scheduled_value
+from .proposals import PROPOSALS, as_proposal
 
 __all__ = ["PROPOSALS", "SAMPLERS", "GuidanceConfig", "GuidanceStep", "CARVGuidance",
            "scheduled_value"]
-
-#: Shorthand design names the config accepts (any :class:`carv_core.Design` works too).
-SAMPLERS = carv_core.DESIGNS
-
-StepRange = Union[float, Sequence[float]]
-
-
-def scheduled_value(value: StepRange, global_step: int) -> float:
-    r"""threestudio's schedule: a float, or $[s_0, v_0, v_1, s_1]$ ($[v_0, v_1, s_1]$ means $s_0 = 0$).
-
-    $v = v_0 + (v_1 - v_0)\,\operatorname{clip}\big(\tfrac{\text{step} - s_0}{s_1 - s_0}, 0, 1\big)$.
-
-    Example:
-        >>> scheduled_value([0, 0.98, 0.5, 100], 50)
-        0.74
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    v = list(value)
-    if len(v) == 3:
-        v = [0, *v]
-    if len(v) != 4:
-        raise ValueError(f"a step schedule must be a float or [start_step, start, end, end_step], got {value!r}")
-    s0, v0, v1, s1 = v
-    if s1 <= s0:
-        return float(v1 if global_step >= s1 else v0)
-    frac = min(max((global_step - s0) / (s1 - s0), 0.0), 1.0)
-    return float(v0 + (v1 - v0) * frac)
-
-
-def _is_sampler(obj) -> bool:
-    return not isinstance(obj, (str, Design)) and hasattr(obj, "design") and hasattr(obj, "transform")
-
-
-@dataclass
-class GuidanceConfig:
-    r"""Settings of :class:`CARVGuidance`.
-
-    Attributes:
-        min_step_percent, max_step_percent: t range as fractions of $T$, each a float or a
-            threestudio schedule ``[start_step, start, end, end_step]``.
-        weighting, include_alpha, guidance_scale: the :class:`~carv_torch.integrands.SDS`
-            objective built when a teacher (not an objective) is passed. ``include_alpha``
-            multiplies the residual by $\alpha_t$ (the paper); threestudio does not (``False``).
-        proposal: a :class:`~carv_torch.proposals.Proposal` or ``"uniform"``, ``"weight"``, ``"adaptive"``.
-        delta: defensive fraction for ``"weight"``/``"adaptive"`` (weights $\le 1/\delta$).
-        adaptive_bins, adaptive_decay: bins and EMA factor of ``"adaptive"``.
-        sampler: the design (a :class:`carv_core.Design` or a name in :data:`SAMPLERS`), or a
-            full sampler (design + transform, e.g. certified by :mod:`carv_core.testing`), which
-            then fixes $p$ and $q$ itself (``proposal`` must stay ``"uniform"``).
-        antithetic: $(\epsilon, -\epsilon)$ pairs along $K$ (needs even $K$).
-        K: inner draws per upstream sample, or ``"auto"``.
-        k_min, k_max, k_init: bounds and first value of ``K="auto"``.
-        decide_every: with ``K="auto"``, re-choose $K$ after every this many probes.
-        probe_every: with ``K="auto"``, every this many calls is a variance probe.
-        warmup: timings dropped before costs are used.
-        fixed_costs: ``(c_u, c_d)`` injected instead of measured (reproducible ``K="auto"``).
-        max_batch_size: largest teacher batch, applied during each call (restored after).
-        seed: seeds the module's generator.
-    """
-
-    min_step_percent: StepRange = 0.02
-    max_step_percent: StepRange = 0.98
-    weighting: str = "sds"
-    include_alpha: bool = True
-    proposal: Any = "uniform"
-    delta: float = 0.1
-    adaptive_bins: int = 20
-    adaptive_decay: float = 0.9
-    sampler: Any = "stratified"
-    antithetic: bool = False
-    K: Union[int, str] = 4
-    k_min: int = 2
-    k_max: int = 32
-    k_init: int = 4
-    decide_every: int = 1
-    probe_every: int = 20
-    warmup: int = 2
-    fixed_costs: Union[tuple, None] = field(default=None)
-    max_batch_size: int = 64
-    guidance_scale: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self):
-        if not isinstance(self.proposal, Proposal) and self.proposal not in PROPOSALS:
-            raise ValueError(f"proposal must be a carv_torch.proposals.Proposal or one of {PROPOSALS}, "
-                             f"got {self.proposal!r}")
-        if _is_sampler(self.sampler):
-            if self.proposal != "uniform":
-                raise ValueError("a full sampler carries its own q: leave proposal='uniform' "
-                                 f"(got proposal={self.proposal!r})")
-        else:
-            as_design(self.sampler, "sampler")
-        if self.K != "auto":
-            if isinstance(self.K, bool) or not isinstance(self.K, int):
-                raise TypeError(f"K must be an integer >= 1 or 'auto', got {self.K!r}")
-            if self.K < 1:
-                raise ValueError(f"K must be >= 1 or 'auto', got {self.K}")
-            if self.antithetic and self.K % 2:
-                raise ValueError(f"antithetic=True needs an even K, got K = {self.K}")
-        for name in ("max_batch_size", "decide_every", "probe_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not 0.0 < float(self.delta) <= 1.0:
-            raise ValueError(f"delta must lie in (0, 1], got {self.delta!r}")
-        if float(self.guidance_scale) != float(self.guidance_scale):
-            raise ValueError(f"guidance_scale must be a number, got {self.guidance_scale!r}")
-
 
 class GuidanceStep(NamedTuple):
     r"""Everything one call computed (:attr:`CARVGuidance.last`); tensors stay on the device.
@@ -193,6 +92,13 @@ class GuidanceStep(NamedTuple):
     max_step: int
     probe: Any
     decision: Any
+
+    def components(self):
+        r"""This step's ANOVA $\hat\sigma_B^2$, $\hat\sigma_W^2$ of $Y_{rk}$ in the teacher's input space
+        (computed on demand; ``None`` unless $B, K \ge 2$). A proxy for the parameter-space
+        components at best: see the module docstring."""
+        R, K = self.estimate.values.shape[:2]
+        return variance_components(self.estimate.values) if R >= 2 and K >= 2 else None
 
 
 class CARVGuidance(nn.Module):
@@ -232,7 +138,7 @@ class CARVGuidance(nn.Module):
                                      warmup=config.warmup, device=self.device,
                                      fixed_costs=config.fixed_costs)
         self._user_sampler = as_sampler(config.sampler, self.T, device=self.device) \
-            if _is_sampler(config.sampler) else None
+            if is_sampler(config.sampler) else None
         self.design = None if self._user_sampler is not None else as_design(config.sampler)
         self.proposal = copy.deepcopy(as_proposal(config.proposal, delta=config.delta,
                                                   n_bins=config.adaptive_bins,
@@ -243,7 +149,11 @@ class CARVGuidance(nn.Module):
         self.last: GuidanceStep | None = None
         self._tables = None  # (key, sampler) for the current integer step range
         self._last_stop = None
+        self._support = None if self._user_sampler is None else self._sampler_range()
+        objs = [getattr(objective, n, None) for n in ("teacher", "real", "fake")]
+        self._teachers = [o for o in objs if o is not None and hasattr(o, "max_batch_size")]
         self._warned = set()
+        self._single = SingleRenderProbe(order=2)
 
     @property
     def teacher(self):
@@ -258,16 +168,18 @@ class CARVGuidance(nn.Module):
 
     def step_range(self) -> tuple[int, int]:
         r"""$(\lfloor aT\rfloor, \min(\lfloor bT\rfloor, T - 1))$ at the current global step."""
-        if self._user_sampler is not None:
-            has = torch.nonzero(torch.as_tensor(self._sampler_support())).flatten()
-            return int(has[0]), int(has[-1])
+        if self._support is not None:
+            return self._support
         a = scheduled_value(self.config.min_step_percent, self.global_step)
         b = scheduled_value(self.config.max_step_percent, self.global_step)
         return int(a * self.T), min(int(b * self.T), self.T - 1)
 
-    def _sampler_support(self):
+    def _sampler_range(self) -> tuple[int, int]:
+        # A full sampler's support, read once (its first and last t with mass).
         s = self._user_sampler
-        return (s.p > 0).cpu().numpy() if hasattr(s, "p") else (s.core.cuts[1:] > s.core.cuts[:-1])
+        has = (s.p > 0).cpu().numpy() if hasattr(s, "p") else (s.core.cuts[1:] > s.core.cuts[:-1])
+        idx = has.nonzero()[0]
+        return int(idx[0]), int(idx[-1])
 
     def pmfs(self) -> tuple[torch.Tensor, torch.Tensor]:
         r"""The current target $p$ and proposal $q$, shape ``(T,)`` each (float64, on the device)."""
@@ -276,11 +188,11 @@ class CARVGuidance(nn.Module):
             return s.p, s.q
         raise ValueError("this guidance runs a breakpoint sampler: it has weights, not a p and q")
 
-    def sampler(self):
+    def sampler(self, key: tuple[int, int] | None = None):
         """The sampler the next call draws from (rebuilt only when $p$ or $q$ changed)."""
         if self._user_sampler is not None:
             return self._user_sampler
-        key = self.step_range()
+        key = self.step_range() if key is None else key
         if self._tables is None or self._tables[0] != key:
             a = scheduled_value(self.config.min_step_percent, self.global_step)
             b = scheduled_value(self.config.max_step_percent, self.global_step)
@@ -324,10 +236,6 @@ class CARVGuidance(nn.Module):
             warnings.warn(message, UserWarning, stacklevel=3)
             self._warned.add(key)
 
-    def _teachers(self):
-        objs = [getattr(self.objective, n, None) for n in ("teacher", "real", "fake")]
-        return [o for o in objs if o is not None and hasattr(o, "max_batch_size")]
-
     def forward(self, rgb: torch.Tensor, condition=None, uncond=None, *,
                 rgb_as_latents: bool = False, generator: torch.Generator | None = None,
                 params=None, **conditions) -> dict:
@@ -343,42 +251,53 @@ class CARVGuidance(nn.Module):
         K = acc.K
         if cfg.antithetic and K % 2:
             K += 1 if K < acc.k_max else -1
-        probe = auto and R >= 2 and K >= 2 and self.calls % cfg.probe_every == 0
-        if auto and R < 2:
-            self._warn_once("single", f"K='auto' needs >= 2 upstream samples per call to estimate "
-                                      f"sigma_B^2; got {R}, so K stays at {K}")
+        # R >= 2: one probe call in probe_every. R = 1: a burst of order + 1 consecutive
+        # calls, whose single-render means give sigma_B^2 across steps (carv_torch.probes).
+        phase = self.calls % cfg.probe_every
+        probe = auto and K >= 2 and (phase == 0 if R >= 2 else phase <= self._single.order)
+        if auto and R < 2 and params is None:
+            probe = False
+            self._warn_once("single", f"K='auto' with {R} upstream sample per call estimates "
+                                      "sigma_B^2 across steps, from parameter-space probes: pass "
+                                      f"params=...; without them K stays at {K}")
+        saved_single = self._single.state  # immutable: the snapshot a failed call restores
         encode = getattr(self.objective, "encode", None)
         if probe and params is not None and not rgb.requires_grad:
             raise ValueError("params were given but rgb does not require grad: render with "
                              "autograd on, or drop params")
-        saved_batch = [(t, t.max_batch_size) for t in self._teachers()]
+        saved_batch = [(t, t.max_batch_size) for t in self._teachers
+                       if t.max_batch_size != cfg.max_batch_size]
+        key = self.step_range()
         try:
             for t, _ in saved_batch:
                 t.max_batch_size = cfg.max_batch_size
             x = encode(rgb) if (encode is not None and not rgb_as_latents) else rgb
             encoded = acc.marker()
-            sampler = self.sampler()
+            sampler = self.sampler(key)
             if probe:
                 sampler = sampler.with_design(IID())
             draws = draw_inner(R, K, x.shape[1:], sampler=sampler,
                                antithetic=cfg.antithetic and not probe, generator=gen,
                                device=x.device, dtype=x.dtype)
             given = dict(condition=condition, uncond=uncond, **conditions)
-            est = estimate_from_draws(self.objective, x, draws,
+            est = estimate_from_draws(self.objective, x, draws, diagnostics=self.proposal.adaptive,
                                       **{k: v for k, v in given.items() if v is not None})
             inner_done = acc.marker()  # the probe's VJPs are not teacher cost
             probed = None
             if probe:
-                if params is not None:
+                if R == 1:
+                    probed = self._single.observe(x, est.values, params, step=self.calls)
+                elif params is not None:
                     probed = parameter_space_components(x, est.values, params)
                 else:
                     self._warn_once("input", "K='auto' without params: choosing K from variance "
                                              "components in the teacher's input space, which can "
                                              "differ greatly from the parameter gradient's; pass "
                                              "params=... (module docstring)")
-                    probed = est.components
+                    probed = variance_components(est.values)
         except BaseException:
             gen.set_state(gen_state)  # a failed call consumes no random numbers
+            self._single.state = saved_single
             raise
         finally:
             for t, size in saved_batch:
@@ -389,18 +308,18 @@ class CARVGuidance(nn.Module):
         acc.interval("inner", encoded, inner_done, n=R * K)
         if self.proposal.adaptive:
             self.proposal.update(est.t, est.sq_norm)  # the next q is fixed before its draw
-            self._tables = None
+            self.__dict__["_tables"] = None
         decision = None
         if probed is not None:
             sb, sw = torch.stack([probed.sigma_b2, probed.sigma_w2]).tolist()  # one read
             acc.observe(sb, sw)
-            self.probes += 1
+            self.__dict__["probes"] = self.probes + 1
             if self.probes % cfg.decide_every == 0:
                 decision = acc.decide(self.calls)
-        self.calls += 1
-        lo, hi = self.step_range()
-        self.last = GuidanceStep(est, K, lo, hi, probed, decision)
-        self._last_stop = acc.marker()
+        # Per-call state is plain data: written to __dict__ (no nn.Module.__setattr__ work).
+        lo, hi = key
+        self.__dict__.update(calls=self.calls + 1, last=GuidanceStep(est, K, lo, hi, probed, decision),
+                             _last_stop=acc.marker())
         return {f"loss_{self.objective.name}": est.loss, "grad_norm": est.grad_norm,
                 "variance": est.variance, "min_step": lo, "max_step": hi, "K": K}
 
@@ -414,6 +333,7 @@ class CARVGuidance(nn.Module):
             "probes": self.probes,
             "global_step": self.global_step,
             "proposal": self.proposal.state_dict(),
+            "single_render": self._single.state_dict(),
             "accountant": self.accountant.state_dict(),
             "generator": self.generator.get_state().clone(),
         }
@@ -433,6 +353,7 @@ class CARVGuidance(nn.Module):
         self.calls, self.global_step = int(state["calls"]), int(state["global_step"])
         self.probes = int(state.get("probes", 0))
         self.proposal.load_state_dict(state["proposal"])
+        self._single.load_state_dict(state.get("single_render", SingleRenderProbe(order=2).state_dict()))
         self.accountant.load_state_dict(state["accountant"])
         self.generator.set_state(state["generator"])
         self._tables = None

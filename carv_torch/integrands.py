@@ -50,7 +50,7 @@ def _derived(source: torch.Tensor, tag: str, dtype: torch.dtype, device: torch.d
     hit = _DERIVED.get(key)
     if hit is not None and hit[0] is source and hit[1] == version:
         return hit[2]
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():  # a table usable in every mode
         value = build(source)
     if len(_DERIVED) >= 64:
         _DERIVED.clear()

@@ -87,9 +87,10 @@ class GradientEstimate(NamedTuple):
         grad_norm: $\lVert g\rVert$ over all of ``grad`` (threestudio's ``grad_norm``).
         t: timesteps, ``(R, K)``.
         w: importance weights $\tilde w$, ``(R, K)``.
-        sq_norm: $\lVert f_{rk}\rVert^2$ (unweighted), ``(R, K)``.
+        sq_norm: $\lVert f_{rk}\rVert^2$ (unweighted), ``(R, K)``; ``None`` without diagnostics.
         variance: unbiased $\operatorname{tr}\widehat{\operatorname{Var}}$ of $\frac1R\sum_r g_r$, 0-dim (``nan`` when $R = 1$).
-        components: ANOVA :class:`~carv_torch.estimator.VarianceComponents` of $Y_{rk}$, or ``None`` unless $R, K \ge 2$.
+        components: ANOVA :class:`~carv_torch.estimator.VarianceComponents` of $Y_{rk}$, or ``None`` unless
+            $R, K \ge 2$ (and without diagnostics).
         K: inner draws per upstream sample.
         values: the weighted draws $Y_{rk} = \tilde w_{rk} f_{rk}$, ``(R, K, *S)`` (detached), from
             which parameter-space variance components are probed (:mod:`carv_torch.guidance`).
@@ -141,8 +142,10 @@ def surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.nn.functional.mse_loss(x, target, reduction="sum") / x.shape[0]
 
 
-def _estimate(x: torch.Tensor, f: torch.Tensor, draws: InnerDraws, K: int) -> GradientEstimate:
-    # f: (R, K, *S) unweighted integrand. 1. weight, 2. average over K, 3. surrogate.
+def _estimate(x: torch.Tensor, f: torch.Tensor, draws: InnerDraws, K: int, *,
+              diagnostics: bool = True) -> GradientEstimate:
+    # f: (R, K, *S) unweighted integrand. 1. weight, 2. average over K, 3. surrogate;
+    # the ANOVA components and sq_norm only when diagnostics are wanted.
     R = x.shape[0]
     # Weighted once; both estimates below read Y. Y is finite when the teacher's output
     # was (its own check) and the weights are (finite by construction): no second check.
@@ -150,20 +153,25 @@ def _estimate(x: torch.Tensor, f: torch.Tensor, draws: InnerDraws, K: int) -> Gr
     parts = _between(Y)  # row means, G, S_B: shared by the estimate and the ANOVA
     est = _hierarchical(Y, parts)
     grad = est.row_means.to(x.dtype)
-    components = _anova(Y, parts) if (R >= 2 and K >= 2) else None
-    sq_norm = f.reshape(R, K, -1).pow(2).sum(-1)
+    components = _anova(Y, parts) if (diagnostics and R >= 2 and K >= 2) else None
+    sq_norm = f.reshape(R, K, -1).pow(2).sum(-1) if diagnostics else None
     return GradientEstimate(grad, surrogate_loss(x, grad), grad.norm(), draws.t, draws.w,
                             sq_norm, est.variance, components, K, Y)
 
 
-def estimate_from_draws(objective, x: torch.Tensor, draws: InnerDraws, **conditions) -> GradientEstimate:
-    r"""$g_r = \frac1K\sum_k \tilde w_{rk} f(x_r, t_{rk}, \epsilon_{rk})$ for given draws (all $RK$ teacher inputs in one call)."""
+def estimate_from_draws(objective, x: torch.Tensor, draws: InnerDraws, *, diagnostics: bool = True,
+                        **conditions) -> GradientEstimate:
+    r"""$g_r = \frac1K\sum_k \tilde w_{rk} f(x_r, t_{rk}, \epsilon_{rk})$ for given draws (all $RK$ teacher inputs in one call).
+
+    With ``diagnostics=False`` the estimate's ``components`` and ``sq_norm`` are ``None``
+    (they cost a few tensor ops a step; the guidance asks for them only when it uses them).
+    """
     R, K = draws.t.shape
     per_draw = {k: _per_draw(v, R, K, k) for k, v in conditions.items()}
     with torch.no_grad():
         x_t, t = _noisy(x, draws, objective.alphas_cumprod)
         f = objective.integrand(x_t, t, draws.eps.reshape(x_t.shape), **per_draw)
-    return _estimate(x, f.reshape(draws.eps.shape), draws, K)
+    return _estimate(x, f.reshape(draws.eps.shape), draws, K, diagnostics=diagnostics)
 
 
 def estimate(objective, x: torch.Tensor, *, K: int, sampler=None, p=None, q=None,

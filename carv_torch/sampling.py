@@ -33,7 +33,7 @@ from typing import NamedTuple
 import carv_core
 import numpy as np
 import torch
-from carv_core.designs import DESIGNS, Design, Sobol, as_design, warn_sobol_length
+from carv_core.designs import DESIGNS, Design, as_design
 
 from ._validation import (
     as_dtype,
@@ -51,6 +51,7 @@ from ._validation import (
     to_numpy,
 )
 from .distributions import PiecewiseDensity
+from .layouts import draw_layout, largest_below_one
 from .proposals import pmf_pair, ratio
 
 __all__ = [
@@ -164,80 +165,10 @@ def stratify(xi, offset) -> torch.Tensor:
     xi = as_tensor("xi", xi, allow_empty=True)
     u = (torch.as_tensor(offset, device=xi.device, dtype=xi.dtype) + xi) / xi.shape[-1]
     # (B - 1 + xi) / B can round up to exactly 1.0 for xi close to 1: keep u < 1 (as carv_core).
-    return u.clamp_(max=_largest_below_one(u.dtype))
+    return u.clamp_(max=largest_below_one(u.dtype))
 
 
 @functools.lru_cache(maxsize=None)
-def _largest_below_one(dtype: torch.dtype) -> float:
-    return 1.0 - torch.finfo(dtype).eps / 2
-
-
-def _sobol_rows(R: int, K: int, generator, device) -> torch.Tensor:
-    # One scrambled engine per row, seeded from the generator (independent
-    # streams, no seed + i). SobolEngine runs on the CPU; the seeds are R
-    # integers read to the host (a sync), the draws are moved to `device`.
-    seeds = torch.randint(0, 2**62, (R,), generator=generator,
-                          device=generator.device if generator is not None else "cpu")
-    rows = [torch.quasirandom.SobolEngine(1, scramble=True, seed=int(s)).draw(K, dtype=torch.float64)[:, 0]
-            for s in seeds.tolist()]
-    return torch.stack(rows).to(device)
-
-
-class _Plan(NamedTuple):
-    # A validated Layout on the device. kind: "iid" (u = xi), "own" (u = (o + xi)/d:
-    # slot rk reads jitter rk with sign +1, e.g. per-row strata) or "general".
-    kind: str
-    block: torch.Tensor
-    offset: torch.Tensor
-    sign: torch.Tensor
-    denom: torch.Tensor
-    n_blocks: int
-    shuffle_rows: bool
-
-
-@functools.lru_cache(maxsize=256)
-def _layout_on(design: Design, R: int, K: int, device: torch.device) -> _Plan:
-    # The design's integer layout, validated once and kept on the device: a draw is
-    # then one rand() and a few elementwise ops, with no host work. The fast kinds
-    # skip only exact no-ops (xi[arange] = xi, 1 * xi = xi, (0 + xi)/1 = xi).
-    lay = design.checked_layout(R, K)
-    own = (lay.n_blocks == R * K and np.array_equal(lay.block, np.arange(R * K).reshape(R, K))
-           and bool(np.all(lay.sign == 1)))
-    kind = "general"
-    if own:
-        kind = "iid" if (not lay.offset.any() and bool(np.all(lay.denom == 1))) else "own"
-    def put(a):
-        return torch.as_tensor(a, dtype=torch.int64).to(device)
-    return _Plan(kind, put(lay.block), put(lay.offset).to(torch.float64), put(lay.sign).to(torch.float64),
-                 put(lay.denom).to(torch.float64), lay.n_blocks, lay.shuffle_rows)
-
-
-def _draw(design: Design, R: int, K: int, generator, device) -> torch.Tensor:
-    # u = (o + s xi[block]) / d in float64, below 1; then the optional row shuffle.
-    if not design.affine:
-        if isinstance(design, Sobol):
-            warn_sobol_length(K)
-            return _sobol_rows(R, K, generator, device)
-        draw_torch = getattr(design, "draw_torch", None)
-        if draw_torch is None:
-            raise TypeError(f"{type(design).__name__} is not affine and has no draw_torch(R, K, "
-                            "generator, device): carv_torch cannot draw it")
-        return draw_torch(R, K, generator, device)
-    plan = _layout_on(design, R, K, torch.device(device))
-    xi = torch.rand((plan.n_blocks,), generator=generator, device=device, dtype=torch.float64)
-    if plan.kind == "iid":
-        u = xi.view(R, K)
-    elif plan.kind == "own":
-        u = (plan.offset + xi.view(R, K)) / plan.denom
-    else:
-        u = (plan.offset + plan.sign * xi[plan.block]) / plan.denom
-    u = u.clamp_(0.0, _largest_below_one(torch.float64))
-    if plan.shuffle_rows:
-        keys = torch.rand((R, K), generator=generator, device=device, dtype=torch.float64)
-        u = torch.gather(u, 1, torch.argsort(keys, dim=1, stable=True))
-    return u
-
-
 def draw_uniforms(design, R: int, K: int, generator=None, *, device=None,
                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
     r"""Draw $u$ of shape ``(R, K)`` under a uniform design (:mod:`carv_core.designs`).
@@ -274,10 +205,10 @@ def draw_uniforms(design, R: int, K: int, generator=None, *, device=None,
             UserWarning,
             stacklevel=2,
         )
-    u = _draw(design, R, K, generator, device)
+    u = draw_layout(design, R, K, generator, device)
     if dtype == torch.float64 and design.affine:
         return u  # _draw clamped it below 1 in float64 already
-    return u.to(dtype).clamp_(max=_largest_below_one(dtype))
+    return u.to(dtype).clamp_(max=largest_below_one(dtype))
 
 
 def timesteps_from_uniforms(u, p, q) -> TimestepDraw:

@@ -173,12 +173,6 @@ class DiffusersTeacher:
         self.alphas_cumprod = torch.as_tensor(abar).to(device=param.device, dtype=torch.float64)
         self._conditional = "encoder_hidden_states" in inspect.signature(unet.forward).parameters
 
-    @classmethod
-    def from_pipeline(cls, pipe, **kwargs) -> "DiffusersTeacher":
-        r"""The latent teacher of a diffusers ``StableDiffusionPipeline``; see :func:`carv_torch.stable_diffusion.teacher_from_pipeline` (same keywords)."""
-        from .stable_diffusion import teacher_from_pipeline  # local: that module imports this one
-        return teacher_from_pipeline(pipe, **kwargs)
-
     @property
     def device(self) -> torch.device:
         """The UNet's device."""

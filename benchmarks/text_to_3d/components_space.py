@@ -13,7 +13,6 @@ $K$ chosen from latent-space components is not the $K$ the parameter gradient ne
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ import torch
 from carv_core import k_star
 
 from .nerf import measure_costs, nerf_parameters
-from .pipeline import BASELINE, Method, make_guidance, train
+from .pipeline import BASELINE, Method, make_guidance, train, write_json
 from .scenes import sample_cameras
 from .teacher import GUIDANCE_SCALE, load_teacher, null_condition, teacher_condition
 
@@ -48,8 +47,9 @@ def main(argv=None) -> dict:
         nerf.zero_grad(set_to_none=True)
         guid(nerf(sample_cameras(2, g)), cond, unc, params=nerf_parameters(nerf))
         step = guid.last
-        x_b.append(float(step.estimate.components.sigma_b2))
-        x_w.append(float(step.estimate.components.sigma_w2))
+        comps = step.components()  # input-space ANOVA of the same draws
+        x_b.append(float(comps.sigma_b2))
+        x_w.append(float(comps.sigma_w2))
         t_b.append(float(step.probe.sigma_b2))
         t_w.append(float(step.probe.sigma_w2))
     res = {"c_u_over_c_d": ratio, "calls": args.calls}
@@ -60,10 +60,7 @@ def main(argv=None) -> dict:
                      "k_star": ks}
         print(f"{name:>16}: sigma_B^2 = {sb:.4g} (SE {res[name]['sigma_b2_se']:.2g}), "
               f"sigma_W^2 = {sw:.4g}, K* = {ks:.3g} at c_u/c_d = {ratio:.1f}")
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
-        print(f"written: {args.out}")
+    write_json(res, args.out)
     return res
 
 

@@ -21,6 +21,7 @@ renderer, and the classifier's probability of the prompt's class on the NeRF's r
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -344,3 +345,11 @@ def train(teacher, scene_index: int, method: Method, *, seed: int, settings: Tra
     med = sorted(times)[len(times) // 2] if times else float("nan")
     mean_k = sum(ks) / len(ks) if ks else float("nan")
     return Run(method.name, scene_index, int(seed), step, clock, curve, med, mean_k, ckpts, nerf)
+
+
+def write_json(result: dict, path) -> None:
+    """Write a study's result dict to ``path`` (if given) and say so."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
+        print(f"written: {path}")

@@ -63,7 +63,7 @@ N_PROMPTS = len(PROMPTS)
 RADIUS = 2.5
 """Camera distance from the origin."""
 ELEVATION_RANGE = (0.25, 0.8)
-"""Elevation $[e_{\min}, e_{\max}]$ in radians (looking slightly down, so the torus shows its hole)."""
+r"""Elevation $[e_{\min}, e_{\max}]$ in radians (looking slightly down, so the torus shows its hole)."""
 FOV = 0.8
 """Pinhole field of view in radians (GridRenderer's default)."""
 

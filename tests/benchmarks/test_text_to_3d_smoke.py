@@ -18,7 +18,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("matplotlib")
 
 from benchmarks.text_to_3d import pipeline, study  # noqa: E402
-from benchmarks.text_to_3d.nerf import flat_grad, make_nerf, measure_costs, opacity  # noqa: E402
+from benchmarks.text_to_3d.nerf import make_nerf, measure_costs, opacity  # noqa: E402
 from benchmarks.text_to_3d.scenes import sample_cameras  # noqa: E402
 from benchmarks.text_to_3d.teacher import load_teacher, null_condition, teacher_condition  # noqa: E402
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.browser
 
 PAGES = [
     "maths/notation/", "maths/hierarchical/", "maths/importance-sampling/", "maths/stratification/",
-    "maths/variance-estimation/", "maths/figures-of-merit/", "maths/not-the-bottleneck/",
+    "maths/variance-estimation/", "maths/single-render-probes/", "maths/figures-of-merit/", "maths/not-the-bottleneck/",
     # Maths outside the maths section: the home page and docstrings rendered by mkdocstrings.
     "", "api/allocation/", "api/estimator/",
     # The carv_torch guides and the torch API pages with the most docstring maths.

@@ -11,13 +11,13 @@ MATHJAX_SHA256 = "07d778f72536a46d33129bb012a41fcfdee79085042c79b7fbaeabf6dc4dac
 
 MATHS_PAGES = [
     "maths/notation", "maths/hierarchical", "maths/importance-sampling", "maths/stratification",
-    "maths/variance-estimation", "maths/figures-of-merit", "maths/not-the-bottleneck",
+    "maths/variance-estimation", "maths/single-render-probes", "maths/figures-of-merit", "maths/not-the-bottleneck",
 ]
 API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "sampling",
                "breakpoints", "estimator", "allocation", "testing"]
-TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "sampling", "breakpoints",
-                     "estimator", "allocation", "teachers", "integrands", "inner", "objectives",
-                     "guidance", "threestudio", "accounting", "probes", "renderers", "stable_diffusion"]
+TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "sampling", "layouts",
+                     "breakpoints", "estimator", "allocation", "teachers", "integrands", "inner", "objectives",
+                     "guidance", "guidance_config", "threestudio", "prompts", "accounting", "probes", "renderers", "stable_diffusion"]
 
 
 class _Loader(yaml.SafeLoader):

@@ -175,8 +175,8 @@ def test_probe_warnings_and_bad_params():
         guid(render(W, theta).detach())
     assert guid.last.probe is not None                       # x-space ANOVA fallback
     single = CARVGuidance(teacher(), GuidanceConfig(K="auto", fixed_costs=(4.0, 1.0)))
-    with pytest.warns(UserWarning, match=">= 2 upstream samples"):
-        out = single(render(W[:1], theta), params=[theta])
+    with pytest.warns(UserWarning, match="pass params"):
+        out = single(render(W[:1], theta))
     assert single.last.probe is None and out["K"] == 4
     with pytest.raises(ValueError, match="params must be a non-empty iterable"):
         guid(render(W, theta), params=[theta.detach()])
@@ -191,3 +191,39 @@ def test_probe_warnings_and_bad_params():
         GuidanceConfig(K="auto", probe_every=0)
     with pytest.raises(ValueError, match="decide_every must be an integer >= 1"):
         GuidanceConfig(decide_every=True)
+
+
+def test_k_auto_at_one_render_per_call_probes_in_bursts_across_steps():
+    """R = 1 (threestudio's batch_size 1): bursts of 3 consecutive probe calls feed the accountant."""
+    from carv_torch.probes import SingleRenderProbe
+
+    W, theta = linear_scene(R=6, seed=3)
+    cfg = GuidanceConfig(K="auto", k_init=4, k_min=2, k_max=64, probe_every=5, sampler="stratified",
+                         fixed_costs=(40.0, 1.0), seed=8)
+    guid = CARVGuidance(teacher(), cfg)
+    opt = torch.optim.SGD([theta], lr=1e-3)
+    twin, seen, observed = SingleRenderProbe(order=2), [], []
+    for step in range(8):
+        x = render(W[step % 6:step % 6 + 1], theta)
+        state = guid.generator.get_state()
+        out = guid(x, params=[theta])
+        seen.append(guid.last.probe is not None)
+        phase = step % 5
+        if phase <= 2:  # a probe call: i.i.d. draws, and the twin sees the same values
+            p, q = guid.pmfs()
+            iid = objectives.sds(guid.teacher, x.detach(), K=out["K"], p=p, q=q, design="iid",
+                                 weighting=cfg.weighting, guidance_scale=cfg.guidance_scale,
+                                 generator=torch.Generator().set_state(state))
+            assert torch.equal(iid.t, guid.last.estimate.t)
+            expected = twin.observe(x, guid.last.estimate.values, [theta], step=step)
+            if expected is not None:
+                observed.append(expected)
+                assert torch.allclose(guid.last.probe.sigma_b2, expected.sigma_b2, rtol=1e-12)
+                assert guid.last.decision is not None and guid.last.decision.step == step
+        opt.zero_grad()
+        out["loss_sds"].backward()
+        opt.step()
+    # One estimate per burst, at its last call (steps 2 and 7): the window restarts after a gap.
+    assert seen == [False, False, True, False, False, False, False, True]
+    assert guid.accountant.sigma_w2 == pytest.approx(
+        0.9 * float(observed[0].sigma_w2) + 0.1 * float(observed[1].sigma_w2), rel=1e-10)

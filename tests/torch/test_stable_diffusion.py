@@ -96,10 +96,14 @@ def emb(pipe):
 
 
 def with_components(pipe, **changes):
-    parts = {**pipe.components, **changes}
-    return StableDiffusionPipeline(**{k: parts[k] for k in (
+    # Built whole, then the components removed: before diffusers 0.33 the pipeline's
+    # __init__ reads vae.config unguarded (the floor is 0.30).
+    out = StableDiffusionPipeline(**{k: pipe.components[k] for k in (
         "vae", "text_encoder", "tokenizer", "unet", "scheduler", "safety_checker",
         "feature_extractor")}, requires_safety_checker=False)
+    for name, value in changes.items():
+        setattr(out, name, value)
+    return out
 
 
 def direct_text(pipe, prompt):

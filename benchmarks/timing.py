@@ -1,0 +1,89 @@
+"""Wall-clock measurement shared by the benchmarks: interleaved timing, medians, ratios.
+
+Machines here are noisy, so a comparison is timed *interleaved* (contestants called
+in turn, the order rotated each round, so load hits all of them), summarised by
+medians and interquartile ranges, and a ratio gets a bootstrap interval that
+resamples whole rounds (the pairs stay paired). :func:`machine_info` records what
+the timings depend on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+
+__all__ = ["Contestant", "summary", "ratio_ci", "interleaved", "machine_info"]
+
+
+class Contestant(NamedTuple):
+    name: str
+    setup: Callable[[], None]   # untimed: flags, zeroed grad
+    step: Callable[[], object]  # timed: one full step including backward
+
+
+def _quantile(xs, q: float) -> float:
+    s = sorted(xs)
+    pos = q * (len(s) - 1)
+    i = int(pos)
+    return s[i] + (s[min(i + 1, len(s) - 1)] - s[i]) * (pos - i)
+
+
+def summary(times) -> dict:
+    """Median, IQR (seconds) and n of a list of timings."""
+    return {"median_s": statistics.median(times),
+            "iqr_s": _quantile(times, 0.75) - _quantile(times, 0.25), "n": len(times)}
+
+
+def ratio_ci(num, den, *, level: float = 0.95, resamples: int = 1000, seed: int = 0) -> list[float]:
+    """Bootstrap interval of median(num)/median(den), resampling whole rounds (the pairs stay paired)."""
+    rng, n = random.Random(seed), len(num)
+    ratios = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(num[i] for i in idx) / statistics.median(den[i] for i in idx))
+    return [_quantile(ratios, (1 - level) / 2), _quantile(ratios, (1 + level) / 2)]
+
+
+def interleaved(contestants, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each contestant, called in turn (order rotated each round)."""
+    times = {c.name: [] for c in contestants}
+    n = len(contestants)
+    for i in range(warmup + repeats):
+        for j in range(n):
+            c = contestants[(i + j) % n]
+            c.setup()
+            t0 = time.perf_counter()
+            c.step()
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[c.name].append(dt)
+    return times
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict:
+    """What the timings depend on: library versions, threads, CPU, load."""
+    return {
+        "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(), "threads_requested": threads,
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
