@@ -18,6 +18,7 @@ from carv_core.designs import Design, Sobol, warn_sobol_length
 __all__ = ["draw_layout", "largest_below_one"]
 
 
+@functools.lru_cache(maxsize=None)
 def largest_below_one(dtype: torch.dtype) -> float:
     """The largest value below 1 in ``dtype``."""
     return 1.0 - torch.finfo(dtype).eps / 2

@@ -25,7 +25,6 @@ numpy and is exact on every device.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -168,7 +167,6 @@ def stratify(xi, offset) -> torch.Tensor:
     return u.clamp_(max=largest_below_one(u.dtype))
 
 
-@functools.lru_cache(maxsize=None)
 def draw_uniforms(design, R: int, K: int, generator=None, *, device=None,
                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
     r"""Draw $u$ of shape ``(R, K)`` under a uniform design (:mod:`carv_core.designs`).
