@@ -192,7 +192,7 @@ class Integrand:
         >>> abar = torch.linspace(0.99, 0.05, 10, dtype=torch.float64)
         >>> from carv_torch.objectives import estimate
         >>> obj = Integrand(lambda x_t, t, eps: x_t - eps, abar)
-        >>> est = estimate(obj, torch.ones(2, 3), K=2, p=torch.full((10,), 0.1),
+        >>> est = estimate(obj, torch.ones(2, 3), K=2, p=torch.full((10,), 0.1, dtype=torch.float64),
         ...                generator=torch.Generator().manual_seed(0))
         >>> est.grad.shape
         torch.Size([2, 3])
