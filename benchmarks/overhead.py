@@ -71,7 +71,7 @@ import carv_torch  # noqa: E402
 from carv_torch import CARVGuidance, GuidanceConfig  # noqa: E402
 from carv_torch.teachers import DiffusersTeacher  # noqa: E402
 
-from .timing import Contestant, interleaved, machine_info, ratio_ci, summary  # noqa: E402
+from .timing import Contestant, compare, interleaved, machine_info, summary  # noqa: E402
 
 R = 2
 """Upstream samples (renders) per step."""
@@ -280,20 +280,11 @@ def measure(teacher, condition, uncond, *, proposal: str, design: str, K: int, r
                    lambda: carv_step(validated, x, condition, uncond, encode=encode)),
     ]
     times = interleaved(contestants, repeats, warmup)
-    base, carv, val = (summary(times[k]) for k in ("baseline", "carv", "carv_validated"))
-    paired = [c / b for c, b in zip(times["carv"], times["baseline"])]
-    ci = ratio_ci(times["carv"], times["baseline"])
-    return {
-        "proposal": proposal, "design": design, "R": R, "K": K,
-        "baseline": base, "carv": carv, "carv_validated": val,
-        "ratio": carv["median_s"] / base["median_s"],
-        "ratio_validated": val["median_s"] / base["median_s"],
-        "ratio_ci95": ci,
-        "ratio_paired_median": statistics.median(paired),
-        "overhead_us": 1e6 * (carv["median_s"] - base["median_s"]),
-        "meets_target": carv["median_s"] / base["median_s"] <= TARGET,
-        "target_decided": ci[1] <= TARGET or ci[0] > TARGET,  # the interval excludes one side
-    }
+    return {"proposal": proposal, "design": design, "R": R, "K": K,
+            "baseline": summary(times["baseline"]), "carv": summary(times["carv"]),
+            "carv_validated": summary(times["carv_validated"]),
+            **compare(times["carv"], times["baseline"], TARGET),
+            "ratio_validated": statistics.median(times["carv_validated"]) / statistics.median(times["baseline"])}
 
 
 def format_table(rows) -> str:

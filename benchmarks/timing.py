@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-__all__ = ["Contestant", "summary", "ratio_ci", "interleaved", "machine_info"]
+__all__ = ["Contestant", "summary", "ratio_ci", "compare", "interleaved", "machine_info"]
 
 
 class Contestant(NamedTuple):
@@ -49,6 +49,18 @@ def ratio_ci(num, den, *, level: float = 0.95, resamples: int = 1000, seed: int 
         idx = [rng.randrange(n) for _ in range(n)]
         ratios.append(statistics.median(num[i] for i in idx) / statistics.median(den[i] for i in idx))
     return [_quantile(ratios, (1 - level) / 2), _quantile(ratios, (1 + level) / 2)]
+
+
+def compare(num, den, target: float) -> dict:
+    """``ratio`` = median(num)/median(den) with its bootstrap 95% interval, the paired (per-round)
+    median ratio, the difference of medians in microseconds, and the verdict against ``target``:
+    ``meets_target``, and ``target_decided`` when the interval lies on one side of it."""
+    ratio = statistics.median(num) / statistics.median(den)
+    ci = ratio_ci(num, den)
+    return {"ratio": ratio, "ratio_ci95": ci,
+            "ratio_paired_median": statistics.median(a / b for a, b in zip(num, den)),
+            "overhead_us": 1e6 * (statistics.median(num) - statistics.median(den)),
+            "meets_target": ratio <= target, "target_decided": ci[1] <= target or ci[0] > target}
 
 
 def interleaved(contestants, repeats: int, warmup: int) -> dict[str, list[float]]:

@@ -147,7 +147,7 @@ class CARVGuidance(nn.Module):
         self.calls = 0
         self.probes = 0
         self.last: GuidanceStep | None = None
-        self._tables = None  # (key, sampler) for the current integer step range
+        self._tables = None  # (integer step range, sampler or None when q is stale, p)
         self._last_stop = None
         self._support = None if self._user_sampler is None else self._sampler_range()
         objs = [getattr(objective, n, None) for n in ("teacher", "real", "fake")]
@@ -193,12 +193,17 @@ class CARVGuidance(nn.Module):
         if self._user_sampler is not None:
             return self._user_sampler
         key = self.step_range() if key is None else key
-        if self._tables is None or self._tables[0] != key:
+        tables = self._tables
+        if tables is not None and tables[0] == key and tables[1] is not None:
+            return tables[1]
+        if tables is not None and tables[0] == key:
+            p = tables[2]  # only q changed (an adaptive update): p is kept
+        else:
             a = scheduled_value(self.config.min_step_percent, self.global_step)
             b = scheduled_value(self.config.max_step_percent, self.global_step)
             p = carv_core.uniform_timesteps(self.T, a, b)
-            core = carv_core.InverseCDFSampler(p, self.proposal.pmf(p, self._weights_host), self.design)
-            self._tables = (key, as_sampler(core, device=self.device), p)
+        core = carv_core.InverseCDFSampler(p, self.proposal.pmf(p, self._weights_host), self.design)
+        self.__dict__["_tables"] = (key, as_sampler(core, device=self.device), p)
         return self._tables[1]
 
     # ------------------------------------------------------------------ call
@@ -308,7 +313,8 @@ class CARVGuidance(nn.Module):
         acc.interval("inner", encoded, inner_done, n=R * K)
         if self.proposal.adaptive:
             self.proposal.update(est.t, est.sq_norm)  # the next q is fixed before its draw
-            self.__dict__["_tables"] = None
+            key_, _, p_ = self._tables  # q is stale; the integer range and p are not
+            self.__dict__["_tables"] = (key_, None, p_)
         decision = None
         if probed is not None:
             sb, sw = torch.stack([probed.sigma_b2, probed.sigma_w2]).tolist()  # one read
