@@ -181,5 +181,8 @@ def tabulate(sampler, n_timesteps: int) -> BreakpointSampler:
     by construction, which is what the exact kit certifies and what
     :func:`carv_torch.sampling.as_sampler` runs for any user transform.
     """
+    if not hasattr(sampler, "design"):
+        raise TypeError(f"sampler must be a sampler with a design and a transform (carv_core sampler "
+                        f"protocol), got {type(sampler).__name__} without a design")
     cuts = find_breakpoints(sampler, n_timesteps)
     return BreakpointSampler(cuts, weights_by_t(sampler, cuts), as_design(sampler.design, "sampler.design"))

@@ -22,7 +22,7 @@ $K$ slots of each row uniformly at random; an estimator that averages a row
 | :class:`Systematic` (``"systematic"``) | row | $(k + \xi_r)/K$ |
 | :class:`Antithetic` (``"antithetic"``) | pair $(2m, 2m+1)$ | $\xi$, $1 - \xi$ (``stratified=True``: $(m + \xi)/M$, $(M - m - \xi)/M$, $M = K/2$) |
 | :class:`PermutedStrata` (``"permuted"``) | own | $(\pi_r(k) + \xi_{rk})/K$, $\pi_r$ a uniform permutation |
-| :class:`Sobol` (``"sobol"``) | not affine | $K$ points of a scrambled Sobol sequence per row (randomized QMC) |
+| :class:`Sobol` (``"sobol"``) | not affine | $K$ points of a scrambled (linear matrix scramble + digital shift) Sobol sequence per row (randomized QMC) |
 
 A **user design** subclasses :class:`Design` and implements :meth:`Design.layout`
 (see the guide *Property-testing a sampler*). Names are shorthands:
@@ -35,9 +35,8 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import qmc
 
-from ._validation import as_int, rng_from
+from ._validation import as_float_array, as_int, rng_from
 
 __all__ = [
     "Layout",
@@ -55,6 +54,7 @@ __all__ = [
 ]
 
 _BELOW_ONE = float(np.nextafter(1.0, 0.0))
+_SOBOL_BITS = 53  # digits of the scrambled Sobol points: the float64 grid of Generator.random
 
 
 class Layout(NamedTuple):
@@ -82,46 +82,79 @@ class Layout(NamedTuple):
         return lo, lo + 1.0 / self.denom
 
 
-def _check_layout(layout, R: int, K: int, owner: str) -> Layout:
+def _check_layout(layout, R: int, K: int, owner: str, where: str | None = None) -> Layout:
     # The rules of Layout, each named in its error: a user design gets told which it broke.
     if not isinstance(layout, Layout):
         raise TypeError(f"{owner}.layout(R, K) must return a carv_core.designs.Layout, "
                         f"got {type(layout).__name__}")
+    call = f"{owner}.layout({R}, {K})" if where is None else where
+    rules = f"{owner}.layout" if where is None else where
     arrays = {}
     for name in ("block", "offset", "sign", "denom"):
         a = np.asarray(getattr(layout, name))
         if a.shape != (R, K) or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"{owner}.layout({R}, {K}).{name} must be an integer array of shape "
+            raise ValueError(f"{call}.{name} must be an integer array of shape "
                              f"({R}, {K}), got {a.dtype} {a.shape}")
         arrays[name] = a.astype(np.int64)
     n = layout.n_blocks
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"{owner}.layout({R}, {K}).n_blocks must be an integer >= 1, got {n!r}")
+        raise ValueError(f"{call}.n_blocks must be an integer >= 1, got {n!r}")
+    if not isinstance(layout.shuffle_rows, (bool, np.bool_)):
+        raise TypeError(f"{call}.shuffle_rows must be True or False, got {layout.shuffle_rows!r}")
     b, o, s, d = arrays["block"], arrays["offset"], arrays["sign"], arrays["denom"]
     if b.min() < 0 or b.max() >= n:
-        raise ValueError(f"{owner}.layout: block must lie in [0, n_blocks = {n}), got [{b.min()}, {b.max()}]")
+        raise ValueError(f"{rules}: block must lie in [0, n_blocks = {n}), got [{b.min()}, {b.max()}]")
     if not np.all(np.abs(s) == 1):
-        raise ValueError(f"{owner}.layout: sign must be +1 or -1, got {np.unique(s).tolist()}")
+        raise ValueError(f"{rules}: sign must be +1 or -1, got {np.unique(s).tolist()}")
     if d.min() < 1:
-        raise ValueError(f"{owner}.layout: denom must be >= 1, got {d.min()}")
+        raise ValueError(f"{rules}: denom must be >= 1, got {d.min()}")
     lo = np.where(s > 0, o, o - 1)
     if lo.min() < 0 or np.any(lo > d - 1):
-        raise ValueError(f"{owner}.layout: offset must keep u in [0, 1): need 0 <= offset < denom "
+        raise ValueError(f"{rules}: offset must keep u in [0, 1): need 0 <= offset < denom "
                          "where sign = +1 and 1 <= offset <= denom where sign = -1")
     return Layout(b, o, s, d, int(n), bool(layout.shuffle_rows))
 
 
-def apply_layout(layout: Layout, xi: np.ndarray, perm_keys: np.ndarray | None = None) -> np.ndarray:
-    r"""$u_{rk} = (o_{rk} + s_{rk}\xi_{\beta(r,k)})/d_{rk}$, clamped below 1; then the optional row shuffle.
-
-    ``perm_keys`` (shape ``(R, K)``, i.i.d. uniforms) define the row permutations by
-    ``argsort`` when ``layout.shuffle_rows`` is set.
-    """
+def _apply_layout(layout: Layout, xi: np.ndarray, perm_keys: np.ndarray | None) -> np.ndarray:
     u = (layout.offset + layout.sign * xi[layout.block]) / layout.denom
     u = np.clip(u, 0.0, _BELOW_ONE)
     if layout.shuffle_rows:
         u = np.take_along_axis(u, np.argsort(perm_keys, axis=1, kind="stable"), axis=1)
     return u
+
+
+def apply_layout(layout: Layout, xi, perm_keys=None) -> np.ndarray:
+    r"""$u_{rk} = (o_{rk} + s_{rk}\xi_{\beta(r,k)})/d_{rk}$, clamped below 1; then the optional row shuffle.
+
+    Args:
+        layout: a :class:`Layout` of shape ``(R, K)`` (checked against its rules).
+        xi: the jitters $\xi_b \in [0, 1)$ (1 is clamped like the rest), shape ``(n_blocks,)``.
+        perm_keys: i.i.d. uniforms of shape ``(R, K)`` whose row ``argsort`` is the row
+            permutation; required when ``layout.shuffle_rows`` is set, ignored otherwise.
+
+    Example:
+        >>> apply_layout(Stratified().layout(1, 2), [0.5, 0.5]).tolist()
+        [[0.25, 0.75]]
+    """
+    if not isinstance(layout, Layout):
+        raise TypeError(f"layout must be a carv_core.designs.Layout, got {type(layout).__name__}")
+    shape = np.shape(layout.block)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"layout.block must have shape (R, K) with R, K >= 1, got {shape}")
+    layout = _check_layout(layout, *shape, "Layout", where="layout")
+    xi = as_float_array("xi", xi)
+    if xi.min() < 0.0 or xi.max() > 1.0:  # xi = 1 is tolerated: u is clamped below 1 anyway
+        raise ValueError(f"xi must lie in [0, 1], got values in [{xi.min()}, {xi.max()}]")
+    if xi.shape != (layout.n_blocks,):
+        raise ValueError(f"xi must have shape (n_blocks,) = ({layout.n_blocks},), got {xi.shape}")
+    if layout.shuffle_rows:
+        if perm_keys is None:
+            raise ValueError("perm_keys (uniforms of shape (R, K)) are required: "
+                             "layout.shuffle_rows is set")
+        perm_keys = as_float_array("perm_keys", perm_keys)
+        if perm_keys.shape != shape:
+            raise ValueError(f"perm_keys must have shape (R, K) = {shape}, got {perm_keys.shape}")
+    return _apply_layout(layout, xi, perm_keys)
 
 
 class Design:
@@ -152,7 +185,7 @@ class Design:
         rng = rng_from(rng)
         xi = rng.random(layout.n_blocks)
         keys = rng.random((R, K)) if layout.shuffle_rows else None
-        return apply_layout(layout, xi, keys)
+        return _apply_layout(layout, xi, keys)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -243,6 +276,8 @@ class Antithetic(Design):
     name = "antithetic"
 
     def __init__(self, stratified: bool = False):
+        if not isinstance(stratified, (bool, np.bool_)):
+            raise TypeError(f"stratified must be True or False, got {stratified!r}")
         self.stratified = bool(stratified)
 
     def layout(self, R, K):
@@ -262,8 +297,25 @@ class Antithetic(Design):
 
 
 class Sobol(Design):
-    r"""$K$ points of a scrambled Sobol sequence per row (randomized QMC, one engine per row).
+    r"""$K$ points of a scrambled one-dimensional Sobol sequence per row (randomized QMC).
 
+    Row $r$ is the first $K$ points of the base-2 van der Corput sequence (the Sobol
+    sequence in one dimension), $x_i = \sum_{j \ge 0} a_j(i)\,2^{-j-1}$ for the binary
+    digits $a_j(i)$ of $i$, randomised as scipy's ``qmc.Sobol(scramble=True)`` does, by a
+    *linear matrix scramble plus a random digital shift* on $b = 53$ digits:
+    $y_i = M_r\,x_i \oplus D_r$, $u_{ri} = y_i\,2^{-53}$, with $M_r$ a uniformly random
+    lower-triangular binary matrix with unit diagonal and $D_r$ a uniform 53-bit integer,
+    independent across rows. Hence:
+
+    - each $u_{ri}$ is exactly uniform on the 53-bit grid $\{0, 2^{-53}, \dots, 1 - 2^{-53}\}$
+      (the law of ``Generator.random``): $\oplus D_r$ with uniform $D_r$ makes it so,
+      whatever $M_r$ is; so the design is unbiased;
+    - the net property survives: $M_r$ is invertible on the leading $m$ digits and
+      $\oplus D_r$ permutes them, so for $K = 2^m$ each interval $[j/K, (j+1)/K)$ holds
+      exactly one point of each row;
+    - rows are independent.
+
+    All rows are drawn at once (vectorised; $R = 10^5$, $K = 16$ takes milliseconds).
     Not affine: the exact kit cannot enumerate it (check it statistically).
     """
 
@@ -277,12 +329,23 @@ class Sobol(Design):
         R, K = as_int("R", R, minimum=1), as_int("K", K, minimum=1)
         warn_sobol_length(K)
         rng = rng_from(rng)
-        rows = []
-        for child in rng.spawn(R):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                rows.append(qmc.Sobol(d=1, scramble=True, rng=child).random(K)[:, 0])
-        return np.stack(rows)
+        m = max(K - 1, 0).bit_length()  # digits used by the indices 0..K-1
+        if m > _SOBOL_BITS:
+            raise ValueError(f"K must be <= 2**{_SOBOL_BITS} for a {_SOBOL_BITS}-digit Sobol design, got {K}")
+        # 1. Column j of M_r (digit j of x feeds digits j, j+1, ...): bit (b-1-j) set,
+        #    uniform bits below it. Only the columns of the m leading digits are needed.
+        top = np.uint64(1) << (np.uint64(_SOBOL_BITS - 1) - np.arange(m, dtype=np.uint64))
+        low = rng.integers(0, 1 << _SOBOL_BITS, size=(R, m), dtype=np.uint64)
+        cols = top | (low & (top - np.uint64(1)))
+        shift = rng.integers(0, 1 << _SOBOL_BITS, size=(R, 1), dtype=np.uint64)
+        # 2. y_i = M_r x_i xor D_r: x_i has digit j equal to bit j of i, so M_r x_i is the
+        #    xor of the columns j over the set bits of i.
+        i = np.arange(K, dtype=np.uint64)
+        y = np.broadcast_to(shift, (R, K)).copy()
+        for j in range(m):
+            y ^= np.where((i >> np.uint64(j)) & np.uint64(1), cols[:, j:j + 1], np.uint64(0))
+        # 3. y < 2**53, so y * 2**-53 is exact and < 1.
+        return np.ldexp(y.astype(np.float64), -_SOBOL_BITS)
 
 
 def warn_sobol_length(K: int) -> None:

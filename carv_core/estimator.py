@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import as_float_array, as_int, reject_foreign_arrays
+from ._validation import as_float_array, as_int, as_real, reject_foreign_arrays
 
 __all__ = ["HierarchicalEstimate", "VarianceComponents", "hierarchical_estimate",
            "variance_components", "Welford"]
@@ -50,14 +50,31 @@ class VarianceComponents(NamedTuple):
     ms_within: float
 
 
-def _weighted_values(values, weights) -> np.ndarray:
-    Y = as_float_array("values", values, min_ndim=2)
+def _pow2_scaled(a: np.ndarray) -> tuple[np.ndarray, int]:
+    # a = scaled * 2**e with max|scaled| in [1/2, 1): exact, and nothing below can overflow.
+    e = int(np.frexp(float(np.max(np.abs(a))))[1])
+    return np.ldexp(a, -e), e
+
+
+def _weighted_values(values, weights) -> tuple[np.ndarray, int]:
+    """$Y = \tilde w f$ as ``(Y / 2**e, e)``: a power-of-two scale (exact) keeps sums finite."""
+    Y, e = _pow2_scaled(as_float_array("values", values, min_ndim=2))
     if weights is None:
-        return Y
+        return Y, e
     w = as_float_array("weights", weights, ndim=2)
     if w.shape != Y.shape[:2]:
         raise ValueError(f"weights must have shape (R, K) = {Y.shape[:2]} like values, got {w.shape}")
-    return Y * w.reshape(w.shape + (1,) * (Y.ndim - 2))
+    w, e_w = _pow2_scaled(w)
+    return Y * w.reshape(w.shape + (1,) * (Y.ndim - 2)), e + e_w
+
+
+def _unscaled(name: str, x, e: int):
+    with np.errstate(over="ignore"):
+        out = np.ldexp(x, e)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"values (times weights) are too large: {name} overflows float64; "
+                         "rescale values")
+    return out
 
 
 def hierarchical_estimate(values, weights=None) -> HierarchicalEstimate:
@@ -72,12 +89,14 @@ def hierarchical_estimate(values, weights=None) -> HierarchicalEstimate:
         >>> float(est.mean), est.variance
         (4.0, 4.0)
     """
-    Y = _weighted_values(values, weights)
+    Y, e = _weighted_values(values, weights)
     R = Y.shape[0]
     row_means = Y.mean(axis=1)
     mean = row_means.mean(axis=0)
-    variance = float(np.sum((row_means - mean) ** 2) / (R * (R - 1))) if R > 1 else float("nan")
-    return HierarchicalEstimate(mean, row_means, variance)
+    variance = float(_unscaled("the variance", np.sum((row_means - mean) ** 2) / (R * (R - 1)), 2 * e)
+                     ) if R > 1 else float("nan")
+    return HierarchicalEstimate(_unscaled("the mean", mean, e), _unscaled("a row mean", row_means, e),
+                                variance)
 
 
 def variance_components(values, weights=None) -> VarianceComponents:
@@ -90,7 +109,7 @@ def variance_components(values, weights=None) -> VarianceComponents:
         >>> vc.sigma_w2, vc.sigma_b2
         (2.0, 7.0)
     """
-    Y = _weighted_values(values, weights)
+    Y, e = _weighted_values(values, weights)
     R, K = Y.shape[:2]
     if R < 2 or K < 2:
         raise ValueError(f"variance_components needs R >= 2 and K >= 2, got values of shape {Y.shape}")
@@ -98,7 +117,9 @@ def variance_components(values, weights=None) -> VarianceComponents:
     grand = row_means.mean(axis=0)
     ms_within = float(np.sum((Y - row_means[:, None]) ** 2) / (R * (K - 1)))
     ms_between = float(K * np.sum((row_means - grand) ** 2) / (R - 1))
-    return VarianceComponents((ms_between - ms_within) / K, ms_within, ms_between, ms_within)
+    sb2, w, b = (float(_unscaled(n, x, 2 * e)) for n, x in (
+        ("sigma_b2", (ms_between - ms_within) / K), ("MS_W", ms_within), ("MS_B", ms_between)))
+    return VarianceComponents(sb2, w, b, w)
 
 
 class Welford:
@@ -122,22 +143,32 @@ class Welford:
         self.m2 = 0.0
 
     def update(self, x) -> None:
-        """Add one vector (shape ``(D,)``) or a batch (shape ``(N, D)``)."""
+        """Add one vector (shape ``(D,)``) or a batch (shape ``(N, D)``).
+
+        Raises ``ValueError`` (and changes nothing) if the mean or $M_2$ would overflow float64.
+        """
         x = as_float_array("x", x, min_ndim=1)
         batch = x[None, :] if x.ndim == 1 else x.reshape(x.shape[0], -1)
         if self.mean is not None and batch.shape[1] != self.mean.shape[0]:
             raise ValueError(f"x has dimension {batch.shape[1]}, the accumulator has {self.mean.shape[0]}")
         n_b = batch.shape[0]
-        mean_b = batch.mean(axis=0)
-        m2_b = float(np.sum((batch - mean_b) ** 2))
-        if self.mean is None:
-            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
-            return
-        n = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 += m2_b + float(delta @ delta) * self.count * n_b / n
-        self.count = n
+        # Batch moments on a power-of-two rescaling (exact), so huge entries do not overflow.
+        scaled, e = _pow2_scaled(batch)
+        mean_s = scaled.mean(axis=0)
+        with np.errstate(over="ignore"):
+            mean_b = np.ldexp(mean_s, e)
+            m2_b = float(np.ldexp(np.sum((scaled - mean_s) ** 2), 2 * e))
+            if self.mean is None:
+                count, mean, m2 = n_b, mean_b, m2_b
+            else:
+                count = self.count + n_b
+                delta = mean_b - self.mean
+                mean = self.mean + delta * (n_b / count)
+                m2 = self.m2 + m2_b + float(delta @ delta) * self.count * n_b / count
+        if not (np.all(np.isfinite(mean)) and np.isfinite(m2)):
+            raise ValueError("x is too large: the accumulated mean or M2 would overflow float64; "
+                             "rescale x (the accumulator is unchanged)")
+        self.count, self.mean, self.m2 = count, mean, m2
 
     @property
     def trace_cov(self) -> float:
@@ -160,7 +191,25 @@ class Welford:
                 "m2": self.m2}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.count = as_int("state['count']", state["count"], minimum=0)
-        self.mean = None if state["mean"] is None else np.asarray(state["mean"], dtype=np.float64)
-        self.m2 = float(state["m2"])
+        r"""Restore from :meth:`state_dict`; the whole state is validated first (a failed load changes nothing).
+
+        ``state['count']`` is an int $\ge 0$, ``state['mean']`` is ``None`` exactly when the
+        count is 0 and otherwise a finite 1-D array, ``state['m2']`` is finite, $\ge 0$,
+        and 0 when the count is 0.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from Welford.state_dict(), got {type(state).__name__}")
+        missing = [k for k in ("count", "mean", "m2") if k not in state]
+        if missing:
+            raise ValueError(f"state lacks the field(s) {missing}; it is not a Welford.state_dict()")
+        count = as_int("state['count']", state["count"], minimum=0)
+        mean = state["mean"]
+        if mean is not None:
+            mean = as_float_array("state['mean']", mean, ndim=1).copy()
+        m2 = as_real("state['m2']", state["m2"], nonnegative=True)
+        if (count == 0) != (mean is None):
+            raise ValueError(f"state['mean'] must be None exactly when state['count'] is 0, got "
+                             f"count {count} and mean {'None' if mean is None else 'an array'}")
+        if count == 0 and m2 != 0:
+            raise ValueError(f"state['m2'] must be 0 when state['count'] is 0, got {m2}")
+        self.count, self.mean, self.m2 = count, mean, m2

@@ -106,6 +106,13 @@ def oracle_proposal(p, second_moment, delta: float = 0.0) -> np.ndarray:
     return _proposal_from_factor(p, np.sqrt(m), "sqrt(second_moment)", delta)
 
 
+def _check_decay(name: str, decay) -> float:
+    decay = as_real(name, decay, nonnegative=True)
+    if decay >= 1:
+        raise ValueError(f"{name} must be < 1, got {decay}")
+    return decay
+
+
 class AdaptiveProposal:
     r"""An online estimate of the oracle proposal with a defensive mixture.
 
@@ -135,9 +142,7 @@ class AdaptiveProposal:
         self.n_bins = min(20, T) if n_bins is None else as_int("n_bins", n_bins, minimum=1)
         if self.n_bins > T:
             raise ValueError(f"n_bins must be <= len(p) = {T}, got {self.n_bins}")
-        self.decay = as_real("decay", decay, nonnegative=True)
-        if self.decay >= 1:
-            raise ValueError(f"decay must be < 1, got {self.decay}")
+        self.decay = _check_decay("decay", decay)
         self.delta = as_real("delta", delta, positive=True, upper=1.0)
         # Bin b holds timesteps [edges[b], edges[b+1]).
         self.edges = np.linspace(0, T, self.n_bins + 1).round().astype(np.int64)
@@ -153,30 +158,46 @@ class AdaptiveProposal:
     def update(self, t, sq_norm) -> None:
         r"""Fold observed $\lVert f(x, t, \epsilon)\rVert^2$ at integer timesteps ``t`` into $\hat m$.
 
-        A bin's first observation replaces the prior $\hat m_b = 1$.
+        With $\bar m_b$ the mean of ``sq_norm`` over the entries of ``t`` in bin $b$,
+        $\hat m_b \leftarrow \beta\,\hat m_b + (1-\beta)\,\bar m_b$; a bin's first observation
+        replaces the prior $\hat m_b = 1$. ``t`` and ``sq_norm`` have the same shape (entry
+        $i$ of one pairs with entry $i$ of the other). $\bar m_b$ is summed on values
+        scaled by a power of two near the bin's largest value, so it never overflows (it
+        is at most that value) and $q$ stays a valid pmf for any finite input.
+        Validates everything before changing any state.
         """
-        t = as_float_array("t", t, allow_empty=True).ravel()
-        sq = as_float_array("sq_norm", sq_norm, allow_empty=True).ravel()
+        # 1. Validate: same shape, integer timesteps in range, finite non-negative norms.
+        t = as_float_array("t", t, allow_empty=True, bool_means="integer timesteps")
+        sq = as_float_array("sq_norm", sq_norm, allow_empty=True)
         if t.shape != sq.shape:
-            raise ValueError(f"t and sq_norm must have the same size, got {t.size} and {sq.size}")
+            raise ValueError(f"t and sq_norm must have the same shape, got {t.shape} and {sq.shape}")
+        t, sq = t.ravel(), sq.ravel()
         if np.any(t != np.round(t)) or (t.size and (t.min() < 0 or t.max() >= self.p.size)):
             raise ValueError(f"t must hold integer timesteps in [0, {self.p.size}), got {t[:5]}...")
         if np.any(sq < 0):
-            raise ValueError("sq_norm must be non-negative")
+            j = int(np.argmax(sq < 0))
+            raise ValueError(f"sq_norm must be non-negative, got sq_norm[{j}] = {sq[j]}")
+        # 2. Per-bin means of sq scaled by a power of two (exact) at or above the bin's
+        #    largest value, so the sums cannot overflow; a mean never exceeds that largest value.
         bins = self.bin_index[t.astype(np.int64)]
         n = np.bincount(bins, minlength=self.n_bins)
-        s = np.bincount(bins, weights=sq, minlength=self.n_bins)
         seen = n > 0
-        mean = np.divide(s, n, out=np.zeros(self.n_bins), where=seen)
-        first = seen & (self.counts == 0)
-        later = seen & (self.counts > 0)
-        self.second_moment[first] = mean[first]
-        self.second_moment[later] = self.decay * self.second_moment[later] + (1 - self.decay) * mean[later]
-        # An all-zero bin would starve; keep it at the smallest positive level.
-        positive = self.second_moment[self.second_moment > 0]
-        floor = positive.min() * 1e-6 if positive.size else 1.0
-        self.second_moment = np.maximum(self.second_moment, floor)
-        self.counts += n
+        top = np.zeros(self.n_bins)
+        np.maximum.at(top, bins, sq)
+        e = np.frexp(top)[1]
+        s = np.bincount(bins, weights=np.ldexp(sq, -e[bins]), minlength=self.n_bins)
+        with np.errstate(over="ignore"):
+            mean = np.minimum(np.ldexp(np.divide(s, n, out=np.zeros(self.n_bins), where=seen), e), top)
+            # 3. EMA, clipped to [min, max] of its two terms (where it lies in exact arithmetic).
+            old = self.second_moment
+            ema = np.clip(self.decay * old + (1 - self.decay) * mean,
+                          np.minimum(old, mean), np.maximum(old, mean))
+        m = np.where(seen & (self.counts > 0), ema, np.where(seen, mean, old))
+        # 4. An all-zero bin would starve; keep it at the smallest positive level (> 0 in float64).
+        positive = m[m > 0]
+        floor = max(positive.min() * 1e-6, np.finfo(np.float64).tiny) if positive.size else 1.0
+        self.second_moment = np.maximum(m, floor)
+        self.counts = self.counts + n
 
     def state_dict(self) -> dict:
         """A JSON-serialisable snapshot that :meth:`load_state_dict` restores exactly."""
@@ -190,23 +211,63 @@ class AdaptiveProposal:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a snapshot from :meth:`state_dict` (same ``p`` and ``n_bins``)."""
-        p = as_pmf("state['p']", state["p"])
-        if p.shape != self.p.shape or not np.array_equal(p, self.p):
-            raise ValueError("state['p'] differs from this proposal's p")
-        if int(state["n_bins"]) != self.n_bins:
-            raise ValueError(f"state['n_bins'] = {state['n_bins']} differs from n_bins = {self.n_bins}")
+        """Restore a snapshot from :meth:`state_dict` (same ``p`` and ``n_bins``).
+
+        The whole snapshot is validated first, each error naming its field; a failed
+        load leaves the proposal unchanged.
+        """
+        decay, delta, m, counts = self._checked_state(state)
+        self.decay, self.delta = decay, delta
+        self.second_moment, self.counts = m, counts
+
+    def _checked_state(self, state):
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        missing = [k for k in ("p", "n_bins", "decay", "delta", "second_moment", "counts")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"state lacks the field(s) {missing}; it is not an AdaptiveProposal.state_dict()")
+        p = as_float_array("state['p']", state["p"], ndim=1)
+        if p.shape != self.p.shape:
+            raise ValueError(f"state['p']: the checkpoint's p has {p.size} entries, "
+                             f"this proposal's has {self.p.size}")
+        if not np.array_equal(p, self.p):
+            j = int(np.argmax(p != self.p))
+            raise ValueError(f"state['p'] differs from this proposal's p (first at index {j}: "
+                             f"{p[j]} vs {self.p[j]})")
+        n_bins = as_int("state['n_bins']", state["n_bins"], minimum=1)
+        if n_bins != self.n_bins:
+            raise ValueError(f"state['n_bins'] = {n_bins} differs from n_bins = {self.n_bins}")
+        decay = _check_decay("state['decay']", state["decay"])
+        delta = as_real("state['delta']", state["delta"], positive=True, upper=1.0)
         m = as_float_array("state['second_moment']", state["second_moment"], ndim=1)
-        if m.shape != (self.n_bins,) or np.any(m <= 0):
-            raise ValueError("state['second_moment'] must be positive with one entry per bin")
-        self.decay = as_real("state['decay']", state["decay"], nonnegative=True)
-        self.delta = as_real("state['delta']", state["delta"], positive=True, upper=1.0)
-        self.second_moment = m.copy()
-        self.counts = np.asarray(state["counts"], dtype=np.int64).copy()
+        if m.shape != (self.n_bins,):
+            raise ValueError(f"state['second_moment'] must have {self.n_bins} entries (one per bin), "
+                             f"got {m.size}")
+        if np.any(m <= 0):
+            j = int(np.argmax(m <= 0))
+            raise ValueError(f"state['second_moment'] must be positive, got "
+                             f"state['second_moment'][{j}] = {m[j]}")
+        counts = np.asarray(state["counts"])
+        if counts.dtype == bool or not np.issubdtype(counts.dtype, np.integer):
+            raise TypeError(f"state['counts'] must hold integers, got dtype {counts.dtype}")
+        if counts.shape != (self.n_bins,):
+            raise ValueError(f"state['counts'] must have shape ({self.n_bins},) (one per bin), "
+                             f"got {counts.shape}")
+        if np.any(counts < 0):
+            j = int(np.argmax(counts < 0))
+            raise ValueError(f"state['counts'] must be >= 0, got state['counts'][{j}] = {counts[j]}")
+        return decay, delta, m.copy(), counts.astype(np.int64)
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "AdaptiveProposal":
         """Build a proposal from a snapshot."""
-        out = cls(state["p"], n_bins=int(state["n_bins"]), decay=state["decay"], delta=state["delta"])
+        if not isinstance(state, dict) or "p" not in state or "n_bins" not in state:
+            raise ValueError("state must be a dict from AdaptiveProposal.state_dict() (with 'p' and 'n_bins')")
+        p = as_pmf("state['p']", state["p"])
+        n_bins = as_int("state['n_bins']", state["n_bins"], minimum=1)
+        if n_bins > p.size:
+            raise ValueError(f"state['n_bins'] = {n_bins} exceeds len(state['p']) = {p.size}")
+        out = cls(p, n_bins=n_bins)
         out.load_state_dict(state)
         return out

@@ -116,11 +116,33 @@ def stratum_pmfs(q, B: int) -> np.ndarray:
 
 
 def stratify(xi, offset) -> np.ndarray:
-    r"""$u = (\text{offset} + \xi)/B$ along the last axis of length $B$: the pure stratification map."""
-    xi = np.asarray(xi, dtype=np.float64)
+    r"""$u = (\text{offset} + \xi)/B$ along the last axis of length $B$: the pure stratification map.
+
+    Args:
+        xi: jitters in $[0, 1)$, shape ``(..., B)``.
+        offset: stratum indices in $[0, B - 1]$, broadcastable against ``xi``.
+
+    Example:
+        >>> stratify([0.5, 0.5], [0, 1]).tolist()
+        [0.25, 0.75]
+    """
+    xi = as_unit_interval("xi", xi)
+    if xi.ndim == 0:
+        raise ValueError("xi must have at least 1 dimension(s) (strata along the last axis), "
+                         "got shape ()")
     B = xi.shape[-1]
+    off = as_float_array("offset", offset, allow_empty=True)
+    try:
+        np.broadcast_shapes(off.shape, xi.shape)
+    except ValueError:
+        raise ValueError(f"offset of shape {off.shape} does not broadcast against xi of shape "
+                         f"{xi.shape}") from None
+    if off.size and (off.min() < 0 or off.max() > B - 1):
+        raise ValueError(f"offset must hold stratum indices in [0, B - 1] = [0, {B - 1}] "
+                         f"(B = {B} strata along the last axis of xi), got values in "
+                         f"[{off.min()}, {off.max()}]")
     # (B - 1 + xi) / B can round up to exactly 1.0 for xi close to 1: keep u < 1.
-    return np.minimum((np.asarray(offset, dtype=np.float64) + xi) / B, np.nextafter(1.0, 0.0))
+    return np.minimum((off + xi) / B, np.nextafter(1.0, 0.0))
 
 
 def draw_uniforms(design, R: int, K: int, rng=None) -> np.ndarray:
@@ -233,7 +255,11 @@ def gaussian_noise(shape, K: int, rng=None, antithetic: bool = False, R: int = 1
     """
     K = as_int("K", K, minimum=1)
     R = as_int("R", R, minimum=1)
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r} ({type(shape).__name__})")
     shape = tuple(as_int("shape", s, minimum=1) for s in shape)
+    if not isinstance(antithetic, (bool, np.bool_)):
+        raise TypeError(f"antithetic must be True or False, got {antithetic!r}")
     rng = rng_from(rng)
     if not antithetic:
         return rng.standard_normal((R, K, *shape))

@@ -73,5 +73,7 @@ def sds_weight(name: Weighting, schedule: DiscreteSchedule, *, include_alpha: bo
     This is the factor that multiplies $\hat\epsilon - \epsilon$, and the
     shape of the weight-heuristic proposal $q \propto p\,w_{\rm SDS}$.
     """
+    if not isinstance(include_alpha, (bool, np.bool_)):
+        raise TypeError(f"include_alpha must be a bool, got {include_alpha!r} ({type(include_alpha).__name__})")
     w = weighting(name, schedule)
     return w * schedule.alpha if include_alpha else w

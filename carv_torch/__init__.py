@@ -128,7 +128,7 @@ from .objectives import (  # noqa: E402
     sds,
     surrogate_loss,
 )
-from .proposals import (  # noqa: E402
+from .proposal_rules import (  # noqa: E402
     FixedProposal,
     OnlineProposal,
     OracleProposal,

@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 import torch
 
-from carv_core._validation import PMF_ATOL, reject_foreign_arrays
+from carv_core._validation import PMF_ATOL, as_float_array, as_pmf, as_real, reject_foreign_arrays
 
 __all__ = ["set_validate_args", "is_validating"]
 
@@ -78,7 +78,10 @@ def as_device(name: str, device) -> torch.device | None:
         return None
     try:
         return torch.device(device)
-    except (TypeError, RuntimeError) as err:
+    except RuntimeError as err:  # a string torch cannot parse, e.g. "gpu0"
+        raise ValueError(f"{name} must be a torch.device, a device string such as 'cpu', "
+                         f"'cuda' or 'cuda:0', or None, got {describe(device)} ({err})") from None
+    except TypeError as err:
         raise TypeError(f"{name} must be a torch.device, a device string or None, "
                         f"got {describe(device)}") from err
 
@@ -179,10 +182,18 @@ def as_tensor(name: str, value, *, device: torch.device | None = None, ndim: int
     return tensor
 
 
+def check_not_meta(name: str, tensor: torch.Tensor) -> None:
+    """Raise ``ValueError`` for a ``meta`` tensor about to be copied to the host."""
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name} is on meta (shape {tuple(tensor.shape)}, no data); this is "
+                         f"host-side maths and needs real values: pass a CPU or accelerator tensor")
+
+
 def to_numpy(name: str, value) -> np.ndarray:
     """Host copy of a tensor (or pass-through of anything else) for carv_core."""
     if isinstance(value, torch.Tensor):
         check_floating(name, value)
+        check_not_meta(name, value)
         return value.detach().to("cpu", torch.float64).numpy()
     return value
 
@@ -227,30 +238,55 @@ def check_unit_interval(name: str, u: torch.Tensor) -> None:
         raise ValueError(f"{name} must lie in [0, 1), got values in [{lo}, {hi}]")
 
 
-def pmf_atol(p: torch.Tensor) -> float:
-    """Tolerance on ``|sum(p) - 1|``: the core's for float64, ``T`` roundings otherwise.
+def pmf_atol(p) -> float:
+    r"""Tolerance on $|\sum_j p_j - 1|$ for a pmf held in ``p``'s dtype (a tensor or a dtype).
 
-    A float32 pmf of 1000 entries, each rounded from float64, sums to 1 only to
-    about 1e-5; holding it to the float64 tolerance would reject every one.
+    $\max(\text{PMF\_ATOL}, \varepsilon)$ with $\varepsilon$ the machine epsilon of the
+    dtype ($10^{-9}$ for float64, as the core), whatever $T$. Why it suffices: a pmf
+    $\pi$ (summing to 1) rounded entrywise to the dtype has entries
+    $p_j = \pi_j(1 + \delta_j)$, $|\delta_j| \le \varepsilon/2$, so
+    $|\sum_j p_j - 1| \le \tfrac{\varepsilon}{2}\sum_j \pi_j = \varepsilon/2$; the sum itself is
+    taken in float64 (:func:`check_pmf`), whose own error ($\le T\,2^{-53}$) is negligible.
+    A tolerance growing with $T$ (say $T\varepsilon$, 0.98 for float16 at $T = 1000$) would
+    accept vectors that are no pmf at all. (The bound assumes normal numbers: float16 entries
+    below $6 \cdot 10^{-5}$ are subnormal and round more coarsely; hold such a pmf in float32.)
     """
-    if p.dtype == torch.float64:
+    dtype = p if isinstance(p, torch.dtype) else p.dtype
+    if dtype == torch.float64:
         return PMF_ATOL
-    return max(PMF_ATOL, p.numel() * torch.finfo(p.dtype).eps)
+    return max(PMF_ATOL, torch.finfo(dtype).eps)
 
 
-def check_pmf(name: str, p: torch.Tensor) -> None:
-    """Raise unless ``p`` is finite, non-negative and sums to 1 within :func:`pmf_atol` (syncs)."""
+def check_pmf(name: str, p: torch.Tensor, *, atol: float | None = None) -> None:
+    """Raise unless ``p`` is finite, non-negative and sums to 1 within ``atol``
+    (default :func:`pmf_atol` of ``p``). A value check: one host read when ``p`` is valid."""
     if not _VALIDATE[0] or p.device.type == "meta":
         return
-    check_finite(name, p)
-    if bool((p < 0).any()):
+    p64 = p.to(torch.float64)
+    # 1. Three facts in one transfer: any non-finite entry, any negative one, the float64 sum.
+    bad_finite, bad_sign, total = torch.stack(
+        [(~torch.isfinite(p64)).any().to(torch.float64), (p64 < 0).any().to(torch.float64),
+         p64.sum()]).tolist()
+    if bad_finite:
+        check_finite(name, p)
+    if bad_sign:
         j = int(torch.argmax((p < 0).to(torch.uint8)))
         raise ValueError(f"{name} must be non-negative, got {name}[{j}] = {p[j].item()}")
-    total = float(p.sum(dtype=torch.float64))
-    if abs(total - 1.0) > pmf_atol(p):
+    if abs(total - 1.0) > (pmf_atol(p) if atol is None else atol):
         raise ValueError(
             f"{name} must sum to 1, got sum {total!r}; normalise it first ({name} / {name}.sum())"
         )
+
+
+def as_pmf64(name: str, p: torch.Tensor) -> torch.Tensor:
+    r"""``p`` (a 1-D floating tensor) as a float64 pmf: cast first (exact), then checked at
+    the tolerance of ``p``'s own dtype (:func:`pmf_atol`), then, for a lower-precision ``p``,
+    renormalised in float64 so that weights and CDFs computed from it in float64 are
+    consistent (a float16 pmf may sum to $1 \pm 10^{-3}$). A float64 ``p`` is kept as it is
+    (the core's values exactly). The renormalisation runs on the device: no host read."""
+    p64 = p.to(torch.float64)
+    check_pmf(name, p64, atol=pmf_atol(p))
+    return p64 if p.dtype == torch.float64 else p64 / p64.sum()
 
 
 def check_same_shape(p_name: str, p: torch.Tensor, q_name: str, q: torch.Tensor) -> None:
@@ -281,16 +317,66 @@ def from_host(array, *, device=None, dtype: torch.dtype = torch.float64) -> torc
     return host.to(device=device, dtype=dtype)
 
 
+_ADAPTIVE_KEYS = ("p", "n_bins", "decay", "delta", "second_moment", "counts")
+
+
+def check_adaptive_state(state, T: int | None = None, *, name: str = "state") -> dict:
+    r"""Validate a :meth:`carv_core.AdaptiveProposal.state_dict` snapshot without changing anything.
+
+    Checks every field (``p`` a pmf with ``T`` entries when ``T`` is given, ``n_bins`` an
+    integer in $[1, T]$, ``decay`` in $[0, 1)$, ``delta`` in $(0, 1]$, ``second_moment``
+    finite and positive and ``counts`` integers >= 0, one per bin) and returns the fields
+    normalised (numpy arrays, Python numbers). Raises naming the field.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"{name} must be a dict (a proposal's state_dict()), got {describe(state)}")
+    missing = [k for k in _ADAPTIVE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{name} lacks key(s) {missing}; expected {list(_ADAPTIVE_KEYS)}")
+    p = as_pmf(f"{name}['p']", state["p"])
+    if T is not None and p.size != T:
+        raise ValueError(f"{name}['p'] has {p.size} timesteps, expected T = {T} (the target p)")
+    n_bins = as_int(f"{name}['n_bins']", state["n_bins"], minimum=1)
+    if n_bins > p.size:
+        raise ValueError(f"{name}['n_bins'] must be <= len(p) = {p.size}, got {n_bins}")
+    decay = as_real(f"{name}['decay']", state["decay"], nonnegative=True)
+    if decay >= 1:
+        raise ValueError(f"{name}['decay'] must be < 1, got {decay}")
+    delta = as_real(f"{name}['delta']", state["delta"], positive=True, upper=1.0)
+    m = as_float_array(f"{name}['second_moment']", state["second_moment"], ndim=1)
+    counts = np.asarray(state["counts"])
+    if counts.dtype == bool or not np.issubdtype(counts.dtype, np.integer):  # as the core
+        raise TypeError(f"{name}['counts'] must hold integers, got dtype {counts.dtype}")
+    for key, arr, bad, what in (("second_moment", m, m <= 0, "> 0"), ("counts", counts, counts < 0, ">= 0")):
+        if arr.shape != (n_bins,):
+            raise ValueError(f"{name}[{key!r}] must have one entry per bin ({n_bins}), got shape {arr.shape}")
+        if bad.any():
+            j = int(np.argmax(bad))
+            raise ValueError(f"{name}[{key!r}] must be {what}, got {name}[{key!r}][{j}] = {arr[j]}")
+    return {"p": p, "n_bins": n_bins, "decay": decay, "delta": delta, "second_moment": m,
+            "counts": counts.astype(np.int64)}
+
+
+def low_precision(value):
+    """A float16/float32 numpy array as a tensor of its own dtype (so a pmf is checked at
+    that dtype's tolerance); anything else unchanged."""
+    if isinstance(value, np.ndarray) and value.dtype in (np.float16, np.float32):
+        return torch.from_numpy(np.array(value, copy=True))
+    return value
+
+
 def host_pmf(name: str, p):
     """A pmf for carv_core: float64 tensors are copied as they are (the core checks
-    them); lower-precision tensors are checked here at their own tolerance and
-    renormalised in float64, since the core's 1e-9 sum tolerance assumes float64."""
+    them); lower-precision tensors (and arrays) are checked here at their own tolerance
+    (:func:`pmf_atol`) and renormalised in float64 (:func:`as_pmf64`), since the core's
+    1e-9 sum tolerance assumes float64."""
+    p = low_precision(p)
     if not isinstance(p, torch.Tensor) or p.dtype == torch.float64:
         return to_numpy(name, p)
     check_floating(name, p)
+    check_not_meta(name, p)
     if p.ndim != 1:
         raise ValueError(f"{name} must have 1 dimension(s), got shape {tuple(p.shape)}")
     with set_validate_args(True):
-        check_pmf(name, p)
-    arr = to_numpy(name, p)
-    return arr / arr.sum()
+        p64 = as_pmf64(name, p)
+    return p64.detach().cpu().numpy()

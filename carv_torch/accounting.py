@@ -23,6 +23,8 @@ timing noise, so a run is bit-reproducible only with a fixed $K$ or injected cos
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import statistics
 import time
 from collections import deque
@@ -30,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 
+from ._validation import as_device
 from .allocation import k_star as _k_star
 from .allocation import optimal_k
 
@@ -65,9 +68,16 @@ def _sync(device: torch.device) -> None:
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
+
+
+def _check_marker(name: str, marker) -> None:
+    if not isinstance(marker, _Marker):
+        raise TypeError(f"{name} must be a marker from Accountant.marker(), got {type(marker).__name__}")
 
 
 class Accountant:
@@ -99,13 +109,16 @@ class Accountant:
             raise ValueError(f"K must lie in [k_min, k_max] = [{k_min}, {k_max}], got {K}")
         self.warmup = _check_int("warmup", warmup, 0)
         self.window = _check_int("window", window, 1)
-        if not 0.0 <= float(decay) < 1.0:
+        if not 0.0 <= _finite("decay", decay) < 1.0:
             raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
         self.decay = float(decay)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = as_device("device", device) or torch.device("cpu")
         if fixed_costs is not None:
-            fixed_costs = tuple(float(c) for c in fixed_costs)
-            if len(fixed_costs) != 2 or min(fixed_costs) <= 0:
+            if isinstance(fixed_costs, (str, bytes)) or not hasattr(fixed_costs, "__len__") \
+                    or len(fixed_costs) != 2:
+                raise TypeError(f"fixed_costs must be None or a pair (c_u, c_d) of seconds, got {fixed_costs!r}")
+            fixed_costs = tuple(_finite(f"fixed_costs[{i}]", c) for i, c in enumerate(fixed_costs))
+            if min(fixed_costs) <= 0:
                 raise ValueError(f"fixed_costs must be (c_u, c_d) with both > 0, got {fixed_costs!r}")
         self.fixed_costs = fixed_costs
         self._samples = {k: deque(maxlen=self.window) for k in KIND_NAMES}
@@ -131,6 +144,8 @@ class Accountant:
         if kind not in KIND_NAMES:
             raise ValueError(f"kind must be one of {KIND_NAMES}, got {kind!r}")
         n = _check_int("n", n, 1)
+        _check_marker("start", start)
+        _check_marker("stop", stop)
         if start.event is not None:
             self._pending.append((kind, start.event, stop.event, n))  # resolved lazily
         else:
@@ -147,7 +162,7 @@ class Accountant:
         """Inject a measured cost per unit (seconds), as if timed; subject to warm-up."""
         if kind not in KIND_NAMES:
             raise ValueError(f"kind must be one of {KIND_NAMES}, got {kind!r}")
-        seconds = float(seconds)
+        seconds = _finite("seconds", seconds)
         if not seconds >= 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
         self._add(kind, seconds)
@@ -182,9 +197,7 @@ class Accountant:
 
     def observe(self, sigma_b2: float, sigma_w2: float) -> None:
         r"""Fold one step's ANOVA estimates into the EMAs (first observation replaces)."""
-        sb, sw = float(sigma_b2), float(sigma_w2)
-        if not (sb == sb and sw == sw) or abs(sb) == float("inf") or abs(sw) == float("inf"):
-            raise ValueError(f"sigma_b2 and sigma_w2 must be finite, got {sb}, {sw}")
+        sb, sw = _finite("sigma_b2", sigma_b2), _finite("sigma_w2", sigma_w2)
         if self.sigma_b2 != self.sigma_b2:
             self.sigma_b2, self.sigma_w2 = sb, sw
         else:
@@ -199,6 +212,7 @@ class Accountant:
         Keeps the current $K$ while any input is unknown. A negative running
         $\hat\sigma_B^2$ (it is unbiased, not clipped) counts as 0, i.e. $K = K_{\max}$.
         """
+        step = _check_int("step", step, 0)
         c_u, c_d = self.c_u, self.c_d
         sb, sw = self.sigma_b2, self.sigma_w2
         missing = [n for n, v in (("c_u", c_u), ("c_d", c_d), ("sigma_b2", sb), ("sigma_w2", sw))
@@ -233,14 +247,88 @@ class Accountant:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output."""
-        self.k_min, self.k_max = int(state["k_min"]), int(state["k_max"])
-        self.K, self.warmup, self.window = int(state["K"]), int(state["warmup"]), int(state["window"])
-        self.decay = float(state["decay"])
-        fc = state["fixed_costs"]
-        self.fixed_costs = None if fc is None else tuple(float(c) for c in fc)
-        self._samples = {k: deque(state["samples"][k], maxlen=self.window) for k in KIND_NAMES}
-        self._seen = {k: int(state["seen"][k]) for k in KIND_NAMES}
-        self._pending = []
-        self.sigma_b2, self.sigma_w2 = float(state["sigma_b2"]), float(state["sigma_w2"])
-        self.history = [KDecision(**d) for d in state["history"]]
+        r"""Restore :meth:`state_dict` output into an accountant built with the same settings.
+
+        The whole state is validated first (settings equal to this accountant's, $K$ in
+        $[K_{\min}, K_{\max}]$, finite non-negative costs, counts, EMAs, decisions); a bad
+        field raises naming it (``state['K']``, ...) and changes nothing.
+        """
+        new = _validated_state(self, state)
+        self._samples = {k: deque(new["samples"][k], maxlen=self.window) for k in KIND_NAMES}
+        self._seen, self._pending = new["seen"], []
+        self.K, self.sigma_b2, self.sigma_w2 = new["K"], new["sigma_b2"], new["sigma_w2"]
+        self.history = new["history"]
+
+    def snapshot(self):
+        """An O(window) copy of the mutable state, for :meth:`rollback` (a failed step's undo)."""
+        return (self.K, self.sigma_b2, self.sigma_w2, {k: list(v) for k, v in self._samples.items()},
+                dict(self._seen), len(self._pending), len(self.history))
+
+    def rollback(self, snap) -> None:
+        """Undo every change since :meth:`snapshot` returned ``snap``."""
+        self.K, self.sigma_b2, self.sigma_w2, samples, seen, n_pending, n_history = snap
+        self._samples = {k: deque(v, maxlen=self.window) for k, v in samples.items()}
+        self._seen = dict(seen)
+        del self._pending[n_pending:]
+        del self.history[n_history:]
+
+
+def _field(state: dict, key: str):
+    if key not in state:
+        raise ValueError(f"state is missing {key!r} (not an Accountant.state_dict())")
+    return state[key]
+
+
+def _finite(name: str, value, *, nan_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) or (nan_ok and v != v)):
+        raise ValueError(f"{name} must be finite{' or nan' if nan_ok else ''}, got {v}")
+    return v
+
+
+def _validated_state(acc: Accountant, state) -> dict:
+    # Every field of a state_dict checked against `acc`; nothing of `acc` is changed.
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict from Accountant.state_dict(), got {type(state).__name__}")
+    for key in ("k_min", "k_max", "warmup", "window", "decay", "fixed_costs"):
+        got, mine = _field(state, key), getattr(acc, key)
+        if key == "fixed_costs" and got is not None:
+            got = tuple(got)
+        if got != mine:
+            raise ValueError(f"state[{key!r}] = {got!r} differs from this accountant's {key} = "
+                             f"{mine!r} (the checkpoint was written with other settings)")
+    K = _field(state, "K")
+    if isinstance(K, bool) or not isinstance(K, numbers.Integral) or not acc.k_min <= K <= acc.k_max:
+        raise ValueError(f"state['K'] must be an integer in [k_min, k_max] = [{acc.k_min}, {acc.k_max}], "
+                         f"got {K!r}")
+    samples, seen = _field(state, "samples"), _field(state, "seen")
+    if not isinstance(samples, dict) or set(samples) != set(KIND_NAMES) or \
+            not isinstance(seen, dict) or set(seen) != set(KIND_NAMES):
+        raise ValueError(f"state['samples'] and state['seen'] must be dicts with keys {KIND_NAMES}")
+    out_samples, out_seen = {}, {}
+    for k in KIND_NAMES:
+        vals = [_finite(f"state['samples'][{k!r}][{i}]", v) for i, v in enumerate(samples[k])]
+        if any(v < 0 for v in vals) or len(vals) > acc.window:
+            raise ValueError(f"state['samples'][{k!r}] must hold at most window = {acc.window} "
+                             f"costs >= 0, got {len(vals)} with minimum {min(vals, default=0.0)}")
+        n = seen[k]
+        # A cost is kept only after `warmup` were dropped: len(samples) <= max(0, seen - warmup).
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0 \
+                or len(vals) > max(0, n - acc.warmup):
+            raise ValueError(f"state['seen'][{k!r}] must be an integer >= 0 with at least warmup + "
+                             f"{len(vals)} (the costs kept) measurements, got {n!r}")
+        out_samples[k], out_seen[k] = vals, int(n)
+    sb = _finite("state['sigma_b2']", _field(state, "sigma_b2"), nan_ok=True)
+    sw = _finite("state['sigma_w2']", _field(state, "sigma_w2"), nan_ok=True)
+    if (sb != sb) != (sw != sw) or sw < 0:
+        raise ValueError(f"state['sigma_b2'], state['sigma_w2'] must both be nan (no estimate) or both "
+                         f"finite with sigma_w2 >= 0, got {sb}, {sw}")
+    history = _field(state, "history")
+    try:
+        history = [KDecision(**d) for d in history]
+    except TypeError as err:
+        raise ValueError(f"state['history'] must be a list of KDecision fields ({err})") from None
+    return {"K": int(K), "samples": out_samples, "seen": out_seen, "sigma_b2": sb, "sigma_w2": sw,
+            "history": history}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import carv_core
 import torch
 
-from ._validation import check_device, from_host, same_device, to_numpy
+from ._validation import as_device, check_device, from_host, same_device, to_numpy
 from .sampling import InverseCDFSampler, TimestepDraw, _uniforms, draw_uniforms
 
 __all__ = ["BreakpointSampler", "as_sampler", "tabulate", "call_transform", "find_breakpoints"]
@@ -44,6 +44,7 @@ class BreakpointSampler(carv_core.MonotoneSampler):
     """
 
     def __init__(self, cuts, weights, design="iid", *, device=None):
+        device = as_device("device", device)
         core = carv_core.BreakpointSampler(to_numpy("cuts", cuts) if isinstance(cuts, torch.Tensor) else cuts,
                                            to_numpy("weights", weights) if isinstance(weights, torch.Tensor)
                                            else weights, design)
@@ -64,7 +65,7 @@ class BreakpointSampler(carv_core.MonotoneSampler):
 
     def to(self, device) -> "BreakpointSampler":
         """The same sampler on another device (itself when already there)."""
-        if same_device(torch.device(device), self.device):
+        if same_device(as_device("device", device), self.device):
             return self
         return BreakpointSampler(self.core.cuts, self.core.weights, self.design, device=device)
 
@@ -107,6 +108,7 @@ def as_sampler(sampler, n_timesteps: int | None = None, *, device=None):
         >>> as_sampler(core).design
         Antithetic(stratified=False)
     """
+    device = as_device("device", device)
     if isinstance(sampler, (InverseCDFSampler, BreakpointSampler)):
         return sampler if device is None else sampler.to(device)
     if isinstance(sampler, carv_core.InverseCDFSampler):

@@ -29,18 +29,29 @@ def _device_dtype_of(value, device, dtype):
     return as_device("device", device), as_dtype("dtype", dtype) if dtype is not None else torch.float64
 
 
-def pmf(values, name: str = "p", *, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def pmf(values, name: str = "p", *, renormalise: bool = False, device=None,
+        dtype: torch.dtype | None = None) -> torch.Tensor:
     """Validate a probability mass function (1-D, finite, >= 0, sums to 1) and return it as a tensor.
 
     A tensor keeps its device and dtype unless ``device``/``dtype`` are given;
-    anything else becomes a float64 tensor. Validation reads the values (syncs).
+    anything else becomes a float64 tensor. A lower-precision tensor is held to its own
+    dtype's sum tolerance (:func:`carv_torch._validation.pmf_atol`). With
+    ``renormalise=True`` the sum need not be 1: ``values / values.sum()`` (in float64) is
+    returned, for finite, non-negative ``values`` with a positive sum. Validation reads
+    the values (syncs).
 
     Example:
         >>> pmf([0.25, 0.75]).tolist()
         [0.25, 0.75]
+        >>> pmf([1.0, 3.0], renormalise=True).tolist()
+        [0.25, 0.75]
     """
     device, dtype = _device_dtype_of(values, device, dtype)
-    checked = carv_core.pmf(host_pmf(name, values), name)
+    renormalise = bool(renormalise) if isinstance(renormalise, np.bool_) else renormalise
+    if renormalise is True:  # host maths and messages of carv_core.pmf (no sum tolerance)
+        host = to_numpy(name, values) if isinstance(values, torch.Tensor) else values
+        return from_host(carv_core.pmf(host, name, renormalise=True), device=device, dtype=dtype)
+    checked = carv_core.pmf(host_pmf(name, values), name, renormalise=renormalise)
     if isinstance(values, torch.Tensor):
         return values.detach().clone().to(device=device, dtype=dtype)
     return from_host(checked, device=device, dtype=dtype)

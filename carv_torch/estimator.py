@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from carv_core._validation import as_float_array, as_real
 
-from ._validation import as_device, as_dtype, as_int, as_tensor, check_finite
+from ._validation import as_device, as_dtype, as_int, as_tensor, check_finite, is_validating
 
 __all__ = ["HierarchicalEstimate", "VarianceComponents", "hierarchical_estimate",
            "variance_components", "split_half_components", "Welford"]
@@ -47,24 +48,78 @@ class VarianceComponents(NamedTuple):
     ms_within: torch.Tensor
 
 
-def _weighted_values(values, weights) -> torch.Tensor:
+# (mantissa bits, exponent bias, integer dtype of the same width) of each floating dtype.
+_BITS = {torch.float64: (52, 1023, torch.int64), torch.float32: (23, 127, torch.int32),
+         torch.float16: (10, 15, torch.int16), torch.bfloat16: (7, 127, torch.int16)}
+
+
+def _times_pow2(a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    r"""$a\,2^e$ for an integer 0-dim tensor ``e`` (a frexp exponent of ``a``'s dtype), exact
+    unless the result leaves the normal range: two factors $2^h$, $2^{e - h}$ with
+    $h = \lfloor e/2 \rfloor$, each a normal number built from its bits (no host read)."""
+    mant, bias, idtype = _BITS[a.dtype]
+    half = torch.div(e, 2, rounding_mode="floor")
+    out = a
+    for k in (half, e - half):
+        out = out * ((k.to(idtype) + bias) << mant).view(a.dtype)
+    return out
+
+
+def _pow2_exponent(a: torch.Tensor) -> torch.Tensor:
+    # e with max|a| = m 2^e, m in [1/2, 1) (0 for an empty or all-zero a; a is detached).
+    if a.numel() == 0:
+        return torch.zeros((), dtype=torch.int32, device=a.device)
+    return torch.frexp(a.detach().abs().amax())[1]
+
+
+def _weighted_values(values, weights):
+    r"""$Y = \tilde w f$ as ``(Y 2^{-e}, e, values, weights)``, as in :mod:`carv_core.estimator`:
+    a power-of-two rescaling of ``values`` and ``weights`` (exact; no host read) keeps every
+    sum finite. The value checks are the caller's (:func:`_check_scaled`, one read)."""
     Y = as_tensor("values", values, min_ndim=2)
-    check_finite("values", Y)
-    if weights is None:
-        return Y
-    w = as_tensor("weights", weights, ndim=2, device=Y.device, other="values")
-    if w.shape != Y.shape[:2]:
-        raise ValueError(
-            f"weights must have shape (R, K) = {tuple(Y.shape[:2])} like values, got {tuple(w.shape)}"
-        )
-    check_finite("weights", w)
-    return Y * w.to(Y.dtype).reshape(w.shape + (1,) * (Y.ndim - 2))
+    w = None
+    if weights is not None:
+        w = as_tensor("weights", weights, ndim=2, device=Y.device, other="values")
+        if w.shape != Y.shape[:2]:
+            raise ValueError(
+                f"weights must have shape (R, K) = {tuple(Y.shape[:2])} like values, got {tuple(w.shape)}"
+            )
+        w = w.to(Y.dtype)
+    e = _pow2_exponent(Y)
+    Ys = _times_pow2(Y, -e)
+    if w is not None:
+        e_w = _pow2_exponent(w)
+        Ys = Ys * _times_pow2(w, -e_w).reshape(w.shape + (1,) * (Y.ndim - 2))
+        e = e + e_w
+    return Ys, e, Y, w
+
+
+def _check_scaled(Y, w, results) -> None:
+    # The value checks of a scaled estimate in one host read: finite inputs (else named by
+    # check_finite) and finite results (else the rescaled sums overflowed, as in carv_core).
+    if not is_validating() or Y.device.type == "meta":
+        return
+    facts = [torch.isfinite(Y).all(), torch.ones((), dtype=torch.bool, device=Y.device)
+             if w is None else torch.isfinite(w).all()]
+    facts.append(torch.stack([torch.isfinite(r).all() for _, r in results]).all())
+    ok_y, ok_w, ok_out = torch.stack(facts).tolist()
+    if not ok_y:
+        check_finite("values", Y)
+    if not ok_w:
+        check_finite("weights", w)
+    if not ok_out:
+        bad = next(name for name, r in results if not bool(torch.isfinite(r).all()))
+        raise ValueError(f"values (times weights) are too large: {bad} overflows {Y.dtype}; "
+                         "rescale values")
 
 
 def hierarchical_estimate(values, weights=None) -> HierarchicalEstimate:
     r"""$\hat G = \frac{1}{RK}\sum_{r,k}\tilde w_{rk} f_{rk}$ and its unbiased variance estimate.
 
-    Computed in the dtype and on the device of ``values``; no host sync.
+    Computed in the dtype and on the device of ``values``, on a power-of-two rescaling of
+    ``values`` and ``weights`` (exact, as :func:`carv_core.hierarchical_estimate`), so huge
+    entries do not overflow the sums. With validation on, one host read checks that the
+    inputs and the results are finite (a result beyond the dtype's range raises ``ValueError``).
 
     Args:
         values: $f(x_r, t_{rk}, \epsilon_{rk})$, floating tensor of shape ``(R, K, *D)``.
@@ -75,7 +130,13 @@ def hierarchical_estimate(values, weights=None) -> HierarchicalEstimate:
         >>> est.mean.item(), est.variance.item()
         (4.0, 4.0)
     """
-    return _hierarchical(_weighted_values(values, weights))
+    Ys, e, Y, w = _weighted_values(values, weights)
+    mean_s, row_s, var_s = _hierarchical(Ys)
+    out = HierarchicalEstimate(_times_pow2(mean_s, e), _times_pow2(row_s, e),
+                               _times_pow2(_times_pow2(var_s, e), e))
+    _check_scaled(Y, w, [("the mean", out.mean), ("a row mean", out.row_means),
+                         ("the variance", out.variance if Y.shape[0] > 1 else out.mean)])
+    return out
 
 
 def _between(Y: torch.Tensor):
@@ -105,20 +166,22 @@ def variance_components(values, weights=None) -> VarianceComponents:
     $\mathrm{MS}_W = \frac{1}{R(K-1)}\sum_{r,k}\lVert Y_{rk}-\bar Y_r\rVert^2$,
     $\mathrm{MS}_B = \frac{K}{R-1}\sum_r\lVert\bar Y_r-\hat G\rVert^2$,
     $\hat\sigma_W^2 = \mathrm{MS}_W$, $\hat\sigma_B^2 = (\mathrm{MS}_B - \mathrm{MS}_W)/K$ (not clipped).
-    Needs $R \ge 2$ and $K \ge 2$; no host sync.
+    Needs $R \ge 2$ and $K \ge 2$; rescaled and checked (one read) as :func:`hierarchical_estimate`.
 
     Example:
         >>> vc = variance_components(torch.tensor([[1.0, 3.0], [5.0, 7.0]]))
         >>> vc.sigma_w2.item(), vc.sigma_b2.item()
         (2.0, 7.0)
     """
-    Y = _weighted_values(values, weights)
+    Ys, e, Y, w = _weighted_values(values, weights)
     R, K = Y.shape[:2]
     if R < 2 or K < 2:
         raise ValueError(
             f"variance_components needs R >= 2 and K >= 2, got values of shape {tuple(Y.shape)}"
         )
-    return _anova(Y)
+    out = VarianceComponents(*(_times_pow2(_times_pow2(v, e), e) for v in _anova(Ys)))
+    _check_scaled(Y, w, [("sigma_b2", out.sigma_b2), ("MS_W", out.ms_within), ("MS_B", out.ms_between)])
+    return out
 
 
 def _anova(Y: torch.Tensor, parts=None) -> VarianceComponents:
@@ -213,6 +276,7 @@ class Welford:
     def update(self, x) -> None:
         """Add one vector (shape ``(D,)``) or a batch (shape ``(N, *D)``, flattened to ``(N, D)``)."""
         x = as_tensor("x", x, min_ndim=1, device=self.device, other="the accumulator")
+        x = x.detach()  # statistics only: keeping x's graph would grow memory every update
         check_finite("x", x)
         if self.device is None:
             self.device = x.device
@@ -259,11 +323,31 @@ class Welford:
                 "m2": float(self.m2)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from :meth:`state_dict` of either backend, onto :attr:`device` (CPU if unset)."""
+        """Restore from :meth:`state_dict` of either backend, onto :attr:`device` (CPU if unset).
+
+        The whole state is validated first (``count`` an integer >= 0, ``mean`` ``None`` or
+        finite and 1-D, of the accumulator's dimension when it has one, and ``None`` exactly
+        when ``count`` is 0, ``m2`` finite and >= 0); a failed load leaves the accumulator unchanged.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict (Welford.state_dict()), got {type(state).__name__}")
+        missing = sorted({"count", "mean", "m2"} - set(state))
+        if missing:
+            raise ValueError(f"state lacks key(s) {missing} (expected count, mean, m2)")
+        count = as_int("state['count']", state["count"], minimum=0)
+        mean = None
+        if state["mean"] is not None:
+            mean = as_float_array("state['mean']", state["mean"], ndim=1)
+            if self.mean is not None and mean.shape != tuple(self.mean.shape):
+                raise ValueError(f"state['mean'] has {mean.size} entries, but this accumulator has "
+                                 f"dimension {self.mean.shape[0]} (from its updates)")
+        if (mean is None) != (count == 0):
+            raise ValueError(f"state['mean'] must be None exactly when state['count'] is 0, got "
+                             f"count {count} and {'no mean' if mean is None else 'a mean'}")
+        m2 = as_real("state['m2']", state["m2"], nonnegative=True)
         device = self.device if self.device is not None else torch.device("cpu")
-        self.count = as_int("state['count']", state["count"], minimum=0)
-        self.mean = (None if state["mean"] is None
-                     else torch.as_tensor(state["mean"], dtype=self.dtype, device=device))
-        self.m2 = torch.as_tensor(float(state["m2"]), dtype=self.dtype, device=device)
+        self.count = count
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=self.dtype, device=device)
+        self.m2 = torch.as_tensor(m2, dtype=self.dtype, device=device)
         self.device = device
 

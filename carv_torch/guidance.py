@@ -16,7 +16,7 @@ Per call:
 
 1. $p$ = uniform on $[\lfloor aT\rfloor, \lfloor bT\rfloor]$ with $a, b$ from the (scheduled) t range
    (cached on the *integer* range, so an annealed schedule rebuilds only when a step bound moves);
-2. $q$ from the :class:`~carv_torch.proposals.Proposal` (``"uniform"``, ``"weight"`` $\propto p\,w$,
+2. $q$ from the :class:`~carv_torch.proposal_rules.Proposal` (``"uniform"``, ``"weight"`` $\propto p\,w$,
    ``"adaptive"``, an oracle or fixed table, or a user's rule), fixed before the draw and
    updated after it (every step stays unbiased);
 3. $t = F_q^{-1}(u)$ with $u$ from the config's **design** (:mod:`carv_core.designs`; a name or an
@@ -46,16 +46,21 @@ small bias, about 7 % of $\operatorname{tr}(A\Sigma)$ under Adam: see the maths 
 next call's encode (render, backward, optimiser step and the teacher's encoder), per
 upstream sample; $c_d$ inside the call, per draw.
 
-Checkpoints: ``state_dict()`` holds the proposal's state, the accountant, the
-counters and the generator; ``load_state_dict`` resumes bit-identically on CPU (with a
-fixed $K$ or injected costs). A call that raises leaves the generator as it was.
+Checkpoints: ``state_dict()`` holds a versioned checkpoint (:mod:`carv_torch.checkpoints`:
+format, $T$, config, counters, the proposal's state, the probe window, the accountant, the
+generator); ``load_state_dict`` validates all of it before changing anything and resumes
+bit-identically on CPU (with a fixed $K$ or injected costs).
+
+**Failure-atomic.** A call that raises (a teacher error or NaN, an out-of-memory error in a
+chunk, ``KeyboardInterrupt``) leaves the generator, the proposal, the accountant, the probe
+window and the counters as they were, so a retry reproduces the run that never failed bit
+for bit. (The measured upstream interval that would span the failed attempt is dropped.)
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import carv_core
@@ -64,14 +69,14 @@ from carv_core.designs import IID, as_design
 from torch import nn
 
 from ._validation import is_validating
-from .accounting import Accountant
+from .checkpoints import accountant_for, checkpoint, validated_state
 from .breakpoints import as_sampler
 from .integrands import SDS, Objective
 from .objectives import GradientEstimate, draw_inner, estimate_from_draws
 from .probes import SingleRenderProbe, parameter_space_components
 from .estimator import variance_components
 from .guidance_config import SAMPLERS, GuidanceConfig, is_sampler, scheduled_value
-from .proposals import PROPOSALS, as_proposal
+from .proposal_rules import PROPOSALS, as_proposal
 
 __all__ = ["PROPOSALS", "SAMPLERS", "GuidanceConfig", "GuidanceStep", "CARVGuidance",
            "scheduled_value"]
@@ -121,6 +126,9 @@ class CARVGuidance(nn.Module):
 
     def __init__(self, objective, config: GuidanceConfig | None = None):
         super().__init__()
+        if config is not None and not isinstance(config, GuidanceConfig):
+            raise TypeError(f"config must be a carv_torch.GuidanceConfig (e.g. GuidanceConfig(**settings)), "
+                            f"got {type(config).__name__}")
         self.config = config = config or GuidanceConfig()
         if not isinstance(objective, Objective):
             objective = SDS(objective, weighting=config.weighting, include_alpha=config.include_alpha,
@@ -131,12 +139,7 @@ class CARVGuidance(nn.Module):
         self.T = int(abar.shape[0])
         self._weights_host = objective.weights.detach().cpu().numpy()
         self.generator = torch.Generator(device=self.device).manual_seed(int(config.seed))
-        auto = config.K == "auto"
-        self.accountant = Accountant(K=config.k_init if auto else config.K,
-                                     k_min=config.k_min if auto else config.K,
-                                     k_max=config.k_max if auto else config.K,
-                                     warmup=config.warmup, device=self.device,
-                                     fixed_costs=config.fixed_costs)
+        self.accountant = accountant_for(config, self.device)
         self._user_sampler = as_sampler(config.sampler, self.T, device=self.device) \
             if is_sampler(config.sampler) else None
         self.design = None if self._user_sampler is not None else as_design(config.sampler)
@@ -241,6 +244,17 @@ class CARVGuidance(nn.Module):
             warnings.warn(message, UserWarning, stacklevel=3)
             self._warned.add(key)
 
+    def _probe(self, x, est, params, R: int):
+        # This probe call's variance components (parameter space when params are given).
+        if R == 1:
+            return self._single.observe(x, est.values, params, step=self.calls)
+        if params is not None:
+            return parameter_space_components(x, est.values, params)
+        self._warn_once("input", "K='auto' without params: choosing K from variance components "
+                                 "in the teacher's input space, which can differ greatly from the "
+                                 "parameter gradient's; pass params=... (module docstring)")
+        return variance_components(est.values)
+
     def forward(self, rgb: torch.Tensor, condition=None, uncond=None, *,
                 rgb_as_latents: bool = False, generator: torch.Generator | None = None,
                 params=None, **conditions) -> dict:
@@ -265,11 +279,17 @@ class CARVGuidance(nn.Module):
             self._warn_once("single", f"K='auto' with {R} upstream sample per call estimates "
                                       "sigma_B^2 across steps, from parameter-space probes: pass "
                                       f"params=...; without them K stays at {K}")
-        saved_single = self._single.state  # immutable: the snapshot a failed call restores
         encode = getattr(self.objective, "encode", None)
         if probe and params is not None and not rgb.requires_grad:
             raise ValueError("params were given but rgb does not require grad: render with "
                              "autograd on, or drop params")
+        # Failure-atomic: what a call changes (generator, probe window, accountant, proposal)
+        # is snapshotted here and restored if anything below raises, so a retry reproduces
+        # the run that never failed. (A Proposal's pmf and update may change it only in what
+        # its state_dict holds.)
+        saved_single, saved_acc = self._single.state, acc.snapshot()
+        saved_proposal = self.proposal.state_dict()  # O(T) host copy (the adaptive bins)
+        saved_tables = self._tables  # the (p, q) cache goes with the proposal
         saved_batch = [(t, t.max_batch_size) for t in self._teachers
                        if t.max_batch_size != cfg.max_batch_size]
         key = self.step_range()
@@ -288,43 +308,36 @@ class CARVGuidance(nn.Module):
             est = estimate_from_draws(self.objective, x, draws, diagnostics=self.proposal.adaptive,
                                       **{k: v for k, v in given.items() if v is not None})
             inner_done = acc.marker()  # the probe's VJPs are not teacher cost
-            probed = None
-            if probe:
-                if R == 1:
-                    probed = self._single.observe(x, est.values, params, step=self.calls)
-                elif params is not None:
-                    probed = parameter_space_components(x, est.values, params)
-                else:
-                    self._warn_once("input", "K='auto' without params: choosing K from variance "
-                                             "components in the teacher's input space, which can "
-                                             "differ greatly from the parameter gradient's; pass "
-                                             "params=... (module docstring)")
-                    probed = variance_components(est.values)
+            probed = self._probe(x, est, params, R) if probe else None
+            if self._last_stop is not None:
+                acc.interval("upstream", self._last_stop, encoded, n=R)
+            acc.interval("inner", encoded, inner_done, n=R * K)
+            decision = None
+            if probed is not None:
+                sb, sw = torch.stack([probed.sigma_b2, probed.sigma_w2]).tolist()  # one read
+                acc.observe(sb, sw)
+                if (self.probes + 1) % cfg.decide_every == 0:
+                    decision = acc.decide(self.calls)
+            if self.proposal.adaptive:
+                self.proposal.update(est.t, est.sq_norm)  # the next q is fixed before its draw
         except BaseException:
             gen.set_state(gen_state)  # a failed call consumes no random numbers
             self._single.state = saved_single
+            acc.rollback(saved_acc)
+            self.proposal.load_state_dict(saved_proposal)
+            self.__dict__["_tables"] = saved_tables
             raise
         finally:
             for t, size in saved_batch:
                 t.max_batch_size = size
-        # State changes only after the step succeeded.
-        if self._last_stop is not None:
-            acc.interval("upstream", self._last_stop, encoded, n=R)
-        acc.interval("inner", encoded, inner_done, n=R * K)
+        # Only plain assignments below: the call has succeeded.
         if self.proposal.adaptive:
-            self.proposal.update(est.t, est.sq_norm)  # the next q is fixed before its draw
             key_, _, p_ = self._tables  # q is stale; the integer range and p are not
             self.__dict__["_tables"] = (key_, None, p_)
-        decision = None
-        if probed is not None:
-            sb, sw = torch.stack([probed.sigma_b2, probed.sigma_w2]).tolist()  # one read
-            acc.observe(sb, sw)
-            self.__dict__["probes"] = self.probes + 1
-            if self.probes % cfg.decide_every == 0:
-                decision = acc.decide(self.calls)
         # Per-call state is plain data: written to __dict__ (no nn.Module.__setattr__ work).
         lo, hi = key
-        self.__dict__.update(calls=self.calls + 1, last=GuidanceStep(est, K, lo, hi, probed, decision),
+        self.__dict__.update(calls=self.calls + 1, probes=self.probes + (probed is not None),
+                             last=GuidanceStep(est, K, lo, hi, probed, decision),
                              _last_stop=acc.marker())
         return {f"loss_{self.objective.name}": est.loss, "grad_norm": est.grad_norm,
                 "variance": est.variance, "min_step": lo, "max_step": hi, "K": K}
@@ -332,35 +345,22 @@ class CARVGuidance(nn.Module):
     # ------------------------------------------------------------------ checkpoints
 
     def get_extra_state(self) -> dict:
-        """Proposal state, accountant, counters and generator state (in ``state_dict()``)."""
-        return {
-            "config": asdict(self.config),
-            "calls": self.calls,
-            "probes": self.probes,
-            "global_step": self.global_step,
-            "proposal": self.proposal.state_dict(),
-            "single_render": self._single.state_dict(),
-            "accountant": self.accountant.state_dict(),
-            "generator": self.generator.get_state().clone(),
-        }
+        """The checkpoint (format, T, config, counters, proposal, probe window, accountant,
+        generator: :mod:`carv_torch.checkpoints`), in ``state_dict()``."""
+        return checkpoint(self)
 
     def set_extra_state(self, state: dict) -> None:
-        """Restore :meth:`get_extra_state` output (via ``load_state_dict``)."""
-        state = copy.deepcopy(state)
-        # Chunking does not change results; every other setting must match the checkpoint's.
-        saved, current = dict(state["config"]), asdict(self.config)
-        differ = sorted(k for k in set(saved) | set(current)
-                        if k != "max_batch_size" and saved.get(k) != current.get(k))
-        if differ:
-            raise ValueError(
-                "the checkpoint was written with another GuidanceConfig; differing fields: "
-                + ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})" for k in differ)
-            )
-        self.calls, self.global_step = int(state["calls"]), int(state["global_step"])
-        self.probes = int(state.get("probes", 0))
-        self.proposal.load_state_dict(state["proposal"])
-        self._single.load_state_dict(state.get("single_render", SingleRenderProbe(order=2).state_dict()))
-        self.accountant.load_state_dict(state["accountant"])
-        self.generator.set_state(state["generator"])
-        self._tables = None
-        self._last_stop = None
+        """Restore :meth:`get_extra_state` output (via ``load_state_dict``): all or nothing.
+
+        Every field is validated first (:func:`carv_torch.checkpoints.validated_state`); a bad
+        checkpoint raises naming the field and leaves this module exactly as it was.
+        """
+        new = validated_state(self, state)
+        # Each part loaded into a twin above: these loads cannot fail.
+        self.proposal.load_state_dict(new.proposal)
+        if new.single_render is not None:
+            self._single.load_state_dict(new.single_render)
+        self.accountant.load_state_dict(new.accountant)
+        self.generator.set_state(new.generator)
+        self.__dict__.update(calls=new.calls, probes=new.probes, global_step=new.global_step,
+                             _tables=None, _last_stop=None)

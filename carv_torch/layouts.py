@@ -24,15 +24,28 @@ def largest_below_one(dtype: torch.dtype) -> float:
     return 1.0 - torch.finfo(dtype).eps / 2
 
 
+_SOBOL_BITS = 53  # as carv_core.designs: digits of the points, the float64 grid of rand()
+
+
 def _sobol_rows(R: int, K: int, generator, device) -> torch.Tensor:
-    # One scrambled engine per row, seeded from the generator (independent
-    # streams, no seed + i). SobolEngine runs on the CPU; the seeds are R
-    # integers read to the host (a sync), the draws are moved to `device`.
-    seeds = torch.randint(0, 2**62, (R,), generator=generator,
-                          device=generator.device if generator is not None else "cpu")
-    rows = [torch.quasirandom.SobolEngine(1, scramble=True, seed=int(s)).draw(K, dtype=torch.float64)[:, 0]
-            for s in seeds.tolist()]
-    return torch.stack(rows).to(device)
+    # The method of carv_core.designs.Sobol.draw, vectorised over rows on the device (no
+    # host read): row r is the van der Corput prefix x_0..x_{K-1} under a linear matrix
+    # scramble M_r (lower triangular, unit diagonal, uniform bits below it) plus a uniform
+    # 53-bit digital shift D_r; only the columns of the m leading digits are needed.
+    m = max(K - 1, 0).bit_length()
+    if m > _SOBOL_BITS:
+        raise ValueError(f"K must be <= 2**{_SOBOL_BITS} for a {_SOBOL_BITS}-digit Sobol design, got {K}")
+    gen_device = generator.device if generator is not None else device
+    draw = functools.partial(torch.randint, 0, 2**_SOBOL_BITS, generator=generator,
+                             device=gen_device, dtype=torch.int64)
+    top = torch.tensor([1 << (_SOBOL_BITS - 1 - j) for j in range(m)], dtype=torch.int64, device=gen_device)
+    cols = top | (draw((R, m)) & (top - 1))                    # (R, m): column j of M_r
+    y = draw((R, 1)).expand(R, K).clone()                     # D_r
+    i = torch.arange(K, dtype=torch.int64, device=gen_device)
+    for j in range(m):  # y_i = M_r x_i xor D_r: xor of the columns over the set bits of i
+        y ^= cols[:, j:j + 1] * ((i >> j) & 1)
+    # y < 2**53: exact in float64, and y * 2**-53 (a power of two) is exact and < 1.
+    return (y.to(torch.float64) * 2.0**-_SOBOL_BITS).to(device)
 
 
 class _Plan(NamedTuple):

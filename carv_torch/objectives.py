@@ -56,9 +56,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ._validation import check_finite, describe
 from .estimator import _anova, _between, _hierarchical
-from .inner import InnerDraws, _expand, _noisy, _per_draw, draw_inner, resolve_sampler
-from .integrands import DMD, SDS, Integrand, Objective, Weighting, _teacher_abar, _weight_table
+from .inner import (InnerDraws, _expand, _noisy, _per_draw, check_draw_values, draw_inner,
+                    resolve_sampler, restoring)
+from .integrands import (DMD, SDS, Integrand, Objective, Weighting, _finite, _predict, _teacher_abar,
+                         _weight_table)
 
 __all__ = [
     "InnerDraws",
@@ -135,8 +138,22 @@ def _check_upstream(name: str, x) -> None:
 
 def surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     r"""$L = \frac{1}{2R}\lVert x - \mathrm{sg}(x - g)\rVert^2$, so $\nabla_x L = g/R$ and $\nabla_\theta L = \frac1R\sum_r J_r^\top g_r$."""
+    for name, value in (("x", x), ("grad", grad)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {describe(value)} "
+                            f"({type(value).__name__})")
+    if x.ndim == 0:
+        raise ValueError("x must have a leading batch dimension (R, ...), got shape ()")
     if grad.shape != x.shape:
         raise ValueError(f"grad must have shape {tuple(x.shape)} like x, got {tuple(grad.shape)}")
+    if grad.device != x.device:
+        raise ValueError(f"grad is on {grad.device} but x is on {x.device}")
+    check_finite("grad", grad)  # value check (gated): a NaN grad would poison every parameter
+    return _surrogate(x, grad)
+
+
+def _surrogate(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    # surrogate_loss on checked inputs (the estimate's own grad: no further host read).
     target = (x - grad.to(x.dtype)).detach()
     # threestudio's form: one fused autograd node, where (x - target).pow(2).sum() is three.
     return 0.5 * torch.nn.functional.mse_loss(x, target, reduction="sum") / x.shape[0]
@@ -155,8 +172,25 @@ def _estimate(x: torch.Tensor, f: torch.Tensor, draws: InnerDraws, K: int, *,
     grad = est.row_means.to(x.dtype)
     components = _anova(Y, parts) if (diagnostics and R >= 2 and K >= 2) else None
     sq_norm = f.reshape(R, K, -1).pow(2).sum(-1) if diagnostics else None
-    return GradientEstimate(grad, surrogate_loss(x, grad), grad.norm(), draws.t, draws.w,
+    return GradientEstimate(grad, _surrogate(x, grad), grad.norm(), draws.t, draws.w,
                             sq_norm, est.variance, components, K, Y)
+
+
+def _check_draws(x: torch.Tensor, draws) -> None:
+    # Structural (metadata only): draws that do not match x would broadcast silently.
+    if not isinstance(draws, tuple) or len(draws) != 3 or \
+            not all(isinstance(v, torch.Tensor) for v in draws):
+        raise TypeError(f"draws must be carv_torch.InnerDraws (t, w, eps tensors), got {type(draws).__name__}")
+    t, w, eps = draws
+    if t.ndim != 2 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"draws.t must have shape (R, K) with R = {x.shape[0]} like x, got {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"draws.t must hold integer timesteps, got dtype {t.dtype}")
+    if w.shape != t.shape:
+        raise ValueError(f"draws.w must have shape {tuple(t.shape)} like draws.t, got {tuple(w.shape)}")
+    if eps.shape != t.shape + x.shape[1:]:
+        raise ValueError(f"draws.eps must have shape {tuple(t.shape + x.shape[1:])} ((R, K) + x.shape[1:]), "
+                         f"got {tuple(eps.shape)}")
 
 
 def estimate_from_draws(objective, x: torch.Tensor, draws: InnerDraws, *, diagnostics: bool = True,
@@ -165,7 +199,11 @@ def estimate_from_draws(objective, x: torch.Tensor, draws: InnerDraws, *, diagno
 
     With ``diagnostics=False`` the estimate's ``components`` and ``sq_norm`` are ``None``
     (they cost a few tensor ops a step; the guidance asks for them only when it uses them).
+    With validation on, draws not made by :func:`draw_inner` are checked first (``draws.t``
+    in $[0, T)$, ``draws.w`` finite; one host read).
     """
+    _check_draws(x, draws)
+    check_draw_values(draws, objective.alphas_cumprod.shape[0])
     R, K = draws.t.shape
     per_draw = {k: _per_draw(v, R, K, k) for k, v in conditions.items()}
     with torch.no_grad():
@@ -192,11 +230,15 @@ def estimate(objective, x: torch.Tensor, *, K: int, sampler=None, p=None, q=None
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must follow carv_torch.objectives.Objective (name, "
                         f"alphas_cumprod, weights, integrand), got {type(objective).__name__}")
+    check_finite("x", x)  # value check (gated): a NaN x is the caller's, not the teacher's
     T = objective.alphas_cumprod.shape[0]
     sampler = resolve_sampler(sampler, p, q, design, n_timesteps=T, device=x.device)
-    draws = draw_inner(x.shape[0], K, x.shape[1:], sampler=sampler, antithetic=antithetic,
-                       generator=generator, device=x.device, dtype=x.dtype)
-    return estimate_from_draws(objective, x, draws, **conditions)
+    # Failure-atomic: whatever raises (a teacher, a value check, KeyboardInterrupt), the
+    # generator is left as it was, so a retry reproduces the fault-free call.
+    with restoring(generator, x.device):
+        draws = draw_inner(x.shape[0], K, x.shape[1:], sampler=sampler, antithetic=antithetic,
+                           generator=generator, device=x.device, dtype=x.dtype)
+        return estimate_from_draws(objective, x, draws, **conditions)
 
 
 def sds(teacher, x: torch.Tensor, *, K: int, p=None, q=None, design="stratified", sampler=None,
@@ -266,15 +308,27 @@ def attribution(teacher, x0: torch.Tensor, params, *, K: int, p=None, q=None,
         condition: per example (leading dim 1 or ``R``), or ``None``.
     """
     _check_upstream("x0", x0)
-    params = [params] if isinstance(params, torch.Tensor) else list(params)
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"params must be an iterable of tensors that require grad (e.g. "
+                        f"list(unet.parameters())), got {describe(params)} ({type(params).__name__})") from None
     if not params or not all(isinstance(v, torch.Tensor) and v.requires_grad for v in params):
         raise ValueError("params must be a non-empty list of tensors that require grad")
     abar = _teacher_abar(teacher)
-    R = x0.shape[0]
     sampler = resolve_sampler(sampler, p, q, design, n_timesteps=abar.shape[0], device=x0.device)
+    with restoring(generator, x0.device):  # failure-atomic, as estimate
+        return _attribution(teacher, x0, params, K, sampler, weighting, condition,
+                            common_random_numbers, antithetic, generator, abar)
+
+
+def _attribution(teacher, x0, params, K, sampler, weighting, condition, common, antithetic,
+                 generator, abar) -> AttributionEstimate:
+    R = x0.shape[0]
     draws = draw_inner(R, K, x0.shape[1:], sampler=sampler, antithetic=antithetic,
-                       common=common_random_numbers, generator=generator, device=x0.device,
-                       dtype=x0.dtype)
+                       common=common, generator=generator, device=x0.device, dtype=x0.dtype)
     table = _weight_table(weighting, abar, include_alpha=False).to(x0.device)
     feats, losses = [], []
     for r in range(R):
@@ -283,7 +337,9 @@ def attribution(teacher, x0: torch.Tensor, params, *, K: int, p=None, q=None,
         cond = None if condition is None else _per_draw(condition, R, K, "condition")
         if isinstance(cond, torch.Tensor) and cond.shape[0] == R * K:
             cond = cond[r * K:(r + 1) * K]
-        eps_hat = teacher.predict_noise(x_t, t, cond).reshape(one.eps.shape)
+        eps_hat, = _finite(t, ("teacher.predict_noise", _predict(teacher, "teacher", x_t, t, cond),
+                               teacher))
+        eps_hat = eps_hat.reshape(one.eps.shape)
         # 1. per-draw losses, 2. importance-weighted mean over K, 3. one backward.
         ell = table[one.t].to(x0.dtype) * (eps_hat - one.eps).pow(2).flatten(2).mean(-1)
         grads = torch.autograd.grad((one.w.to(ell.dtype) * ell).mean(), params)

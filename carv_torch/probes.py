@@ -307,6 +307,10 @@ class SingleRenderProbe:
         within = [as_tensor(f"state['within'][{i}]", w, ndim=0) for i, w in enumerate(cols[4])]
         if len({(m.shape, m.device) for m in means}) > 1:
             raise ValueError("state's means must share one shape and device")
+        for key, vals in (("means", means), ("within", within)):
+            for i, v in enumerate(vals):
+                if not bool(torch.isfinite(v).all()):  # a load, not the hot path: host reads are fine
+                    raise ValueError(f"state[{key!r}][{i}] must be finite, got NaN or inf")
         self.state = SingleRenderState(tuple(steps), tuple(rows), tuple(halves),
                                        tuple(m.detach().clone() for m in means),
                                        tuple(w.detach().clone() for w in within))

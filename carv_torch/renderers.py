@@ -19,7 +19,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from carv_core._validation import as_real
 from torch import nn
+
+from ._validation import as_dtype, as_int, describe, resolve_device
 
 __all__ = ["Cameras", "orbit_cameras", "random_cameras", "GridRenderer"]
 
@@ -31,11 +34,28 @@ class Cameras(NamedTuple):
     rotations: torch.Tensor
 
 
+def _angles(name: str, value) -> torch.Tensor:
+    # Structural checks only (no value read): a real floating tensor of shape (n,).
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a floating tensor of shape (n,) (radians), got "
+                        f"{describe(value)} ({type(value).__name__}); wrap it in torch.tensor(...)")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must have a real floating dtype, got {value.dtype}")
+    return value
+
+
 def orbit_cameras(azimuth: torch.Tensor, elevation: torch.Tensor, radius: float = 2.5) -> Cameras:
-    r"""Cameras at $r(\cos e\cos a, \sin e, \cos e\sin a)$ looking at the origin; angles ``(n,)`` in radians."""
+    r"""Cameras at $r(\cos e\cos a, \sin e, \cos e\sin a)$ looking at the origin; angles ``(n,)`` in radians.
+
+    ``radius`` must be finite and > 0 (at the origin no camera can look at it).
+    """
+    azimuth, elevation = _angles("azimuth", azimuth), _angles("elevation", elevation)
     if azimuth.shape != elevation.shape or azimuth.ndim != 1:
         raise ValueError(f"azimuth and elevation must both have shape (n,), got "
                          f"{tuple(azimuth.shape)} and {tuple(elevation.shape)}")
+    if elevation.device != azimuth.device:
+        raise ValueError(f"elevation is on {elevation.device} but azimuth is on {azimuth.device}")
+    radius = as_real("radius", radius, positive=True)
     o = radius * torch.stack([elevation.cos() * azimuth.cos(), elevation.sin(),
                               elevation.cos() * azimuth.sin()], dim=-1)
     forward = -o / o.norm(dim=-1, keepdim=True)
@@ -49,9 +69,17 @@ def orbit_cameras(azimuth: torch.Tensor, elevation: torch.Tensor, radius: float 
 def random_cameras(n: int, *, generator: torch.Generator | None = None, radius: float = 2.5,
                    max_elevation: float = 0.5, device=None,
                    dtype: torch.dtype = torch.float32) -> Cameras:
-    r"""$n$ orbit cameras with azimuth $\sim U[0, 2\pi)$, elevation $\sim U[-e_{\max}, e_{\max}]$."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    r"""$n$ orbit cameras with azimuth $\sim U[0, 2\pi)$, elevation $\sim U[-e_{\max}, e_{\max}]$.
+
+    ``radius`` must be finite and > 0, ``max_elevation`` in $[0, \pi/2]$ (radians).
+    """
+    n = as_int("n", n, minimum=1)
+    radius = as_real("radius", radius, positive=True)
+    max_elevation = as_real("max_elevation", max_elevation, nonnegative=True)
+    if max_elevation > math.pi / 2:
+        raise ValueError(f"max_elevation must be <= pi/2 (radians), got {max_elevation}")
+    dtype = as_dtype("dtype", dtype)
+    device = resolve_device(device, generator)
     u = torch.rand(2, n, generator=generator, device=device, dtype=dtype)
     return orbit_cameras(2 * math.pi * u[0], max_elevation * (2 * u[1] - 1), radius)
 
@@ -63,7 +91,8 @@ class GridRenderer(nn.Module):
         grid_size: $G$ (grid resolution per axis).
         image_size: $H = W$.
         n_samples: $S$ points per ray between ``near`` and ``far``.
-        fov: field of view in radians.
+        fov: field of view in radians, in $(0, \pi)$.
+        near, far: the ray segment $0 \le$ ``near`` $<$ ``far`` (finite).
         generator: initialises the grid (small random density, random colour).
 
     Parameters ``density`` ``(1, 1, G, G, G)`` (through softplus) and ``colour``
@@ -79,8 +108,20 @@ class GridRenderer(nn.Module):
     def __init__(self, grid_size: int = 16, image_size: int = 16, n_samples: int = 16, *,
                  fov: float = 0.8, near: float = 1.0, far: float = 4.0, generator=None,
                  dtype: torch.dtype = torch.float32):
+        G = as_int("grid_size", grid_size, minimum=1)
+        image_size = as_int("image_size", image_size, minimum=1)
+        n_samples = as_int("n_samples", n_samples, minimum=1)
+        fov = as_real("fov", fov, positive=True)
+        if fov >= math.pi:
+            raise ValueError(f"fov must be < pi (radians), got {fov}")
+        near = as_real("near", near, nonnegative=True)
+        far = as_real("far", far)
+        if not near < far:
+            raise ValueError(f"near must be < far, got near = {near} and far = {far}")
+        dtype = as_dtype("dtype", dtype)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
         super().__init__()
-        G = grid_size
         self.image_size, self.n_samples = image_size, n_samples
         self.fov, self.near, self.far = fov, near, far
         self.density = nn.Parameter(0.5 * torch.randn(1, 1, G, G, G, generator=generator, dtype=dtype))

@@ -35,16 +35,19 @@ import torch
 from carv_core.designs import DESIGNS, Design, as_design
 
 from ._validation import (
+    as_device,
     as_dtype,
     as_int,
     as_tensor,
+    as_pmf64,
     check_device,
-    check_pmf,
+    check_finite,
     check_support,
     check_unit_interval,
     from_host,
     host_pmf,
     is_validating,
+    low_precision,
     resolve_device,
     same_device,
     to_numpy,
@@ -86,9 +89,8 @@ def _uniforms(u) -> torch.Tensor:
 
 def cdf_from_pmf(q) -> torch.Tensor:
     r"""$F(j) = \sum_{i \le j} q(i)$, shape ``(T,)``, in float64 on the device of ``q``."""
-    q = as_tensor("q", q, ndim=1)
-    check_pmf("q", q)
-    return torch.cumsum(q.to(torch.float64), 0)
+    q = as_tensor("q", low_precision(q), ndim=1)
+    return torch.cumsum(as_pmf64("q", q), 0)
 
 
 def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -136,10 +138,17 @@ def inverse_cdf(cdf, u) -> torch.Tensor:
     u = _uniforms(u)
     cdf = as_tensor("cdf", cdf, ndim=1, device=u.device, other="u").to(torch.float64)
     if is_validating() and cdf.device.type != "meta":
-        if bool((cdf[0] < 0) | (torch.diff(cdf) < 0).any()):
+        # One host read: non-finite entries (NaN fails every comparison, so it would pass
+        # the order check), order, and the last entry, as the core checks them.
+        finite, ordered, end = torch.stack([
+            torch.isfinite(cdf).all().to(torch.float64),
+            ((cdf[0] >= 0) & (torch.diff(cdf) >= 0).all()).to(torch.float64), cdf[-1]]).tolist()
+        if not finite:
+            check_finite("cdf", cdf)
+        if not ordered:
             raise ValueError("cdf must be non-negative and non-decreasing")
-        if not float(cdf[-1]) > 0:
-            raise ValueError(f"cdf must end above 0, got cdf[-1] = {float(cdf[-1])}")
+        if not end > 0:
+            raise ValueError(f"cdf must end above 0, got cdf[-1] = {end}")
     return _inverse_cdf(cdf, u)
 
 
@@ -160,9 +169,30 @@ def stratum_pmfs(q, B: int) -> torch.Tensor:
 
 
 def stratify(xi, offset) -> torch.Tensor:
-    r"""$u = (\text{offset} + \xi)/B$ along the last axis of length $B$: the pure stratification map."""
+    r"""$u = (\text{offset} + \xi)/B$ along the last axis of length $B$: the pure stratification map.
+
+    ``xi`` (jitters) must lie in $[0, 1)$ and ``offset`` (stratum indices) in $[0, B - 1]$, so
+    that $u \in [0, 1)$; both are value checks (one host read), switched off with
+    :func:`carv_torch.set_validate_args`.
+    """
     xi = as_tensor("xi", xi, allow_empty=True)
-    u = (torch.as_tensor(offset, device=xi.device, dtype=xi.dtype) + xi) / xi.shape[-1]
+    if xi.ndim == 0:
+        raise ValueError("xi must have at least 1 dimension(s) (strata along the last axis), "
+                         "got shape ()")
+    B = xi.shape[-1]
+    off = torch.as_tensor(offset, device=xi.device, dtype=xi.dtype)
+    if is_validating() and xi.numel() and xi.device.type != "meta":
+        # One host read on the happy path; NaN fails every comparison.
+        ok = torch.stack([((xi >= 0) & (xi < 1)).all(), ((off >= 0) & (off <= B - 1)).all()])
+        xi_ok, off_ok = ok.tolist()
+        if not xi_ok:
+            check_unit_interval("xi", xi)
+        if not off_ok:
+            check_finite("offset", off)
+            raise ValueError(f"offset must hold stratum indices in [0, B - 1] = [0, {B - 1}] "
+                             f"(B = {B} strata along the last axis of xi), got values in "
+                             f"[{float(off.min())}, {float(off.max())}]")
+    u = (off + xi) / B
     # (B - 1 + xi) / B can round up to exactly 1.0 for xi close to 1: keep u < 1 (as carv_core).
     return u.clamp_(max=largest_below_one(u.dtype))
 
@@ -227,9 +257,9 @@ def timesteps_from_uniforms(u, p, q) -> TimestepDraw:
         TimestepDraw(t=tensor([[0, 1]]), w=tensor([[2.0000, 0.6667]], dtype=torch.float64))
     """
     u = _uniforms(u)
-    p, q = pmf_pair("p", p, "q", q, device=u.device, other="u")
+    p, q, _ = pmf_pair("p", p, "q", q, device=u.device, other="u")
     check_support(p, q)
-    return _transform(torch.cumsum(q.to(torch.float64), 0), ratio(p, q), u)
+    return _transform(torch.cumsum(q, 0), ratio(p, q), u)
 
 
 def _transform(cdf: torch.Tensor, weights: torch.Tensor, u: torch.Tensor) -> TimestepDraw:
@@ -281,7 +311,8 @@ class InverseCDFSampler(carv_core.MonotoneSampler):
     design: Design = "iid"
 
     def __post_init__(self):
-        p, q = pmf_pair("p", self.p, "q", self.q)
+        # p, q are kept as float64 (a lower-precision pair renormalised): the law that is drawn.
+        p, q, _ = pmf_pair("p", self.p, "q", self.q)
         check_support(p, q)
         object.__setattr__(self, "design", as_design(self.design))
         object.__setattr__(self, "p", p)
@@ -298,7 +329,7 @@ class InverseCDFSampler(carv_core.MonotoneSampler):
 
     def to(self, device) -> "InverseCDFSampler":
         """The same sampler on another device (itself when already there)."""
-        if same_device(torch.device(device), self.device):
+        if same_device(as_device("device", device), self.device):
             return self
         return InverseCDFSampler(self.p.to(device), self.q.to(device), self.design)
 
@@ -307,6 +338,7 @@ class InverseCDFSampler(carv_core.MonotoneSampler):
         """The torch twin of a (validated) core sampler: tables copied host-to-device, no device read."""
         if not isinstance(sampler, carv_core.InverseCDFSampler):
             raise TypeError(f"sampler must be a carv_core.InverseCDFSampler, got {type(sampler).__name__}")
+        device = as_device("device", device)
         out = object.__new__(cls)
         p, q = from_host(sampler.p, device=device), from_host(sampler.q, device=device)
         cdf = np.cumsum(sampler.q)

@@ -40,6 +40,7 @@ Nothing here downloads or loads weights: the pipeline is the caller's
 from __future__ import annotations
 
 import inspect
+import numbers
 import warnings
 from typing import NamedTuple, Sequence, Union
 
@@ -263,11 +264,13 @@ def resize_to_teacher(rgb: torch.Tensor, size, *, antialias: bool = False) -> to
                          f"{type(rgb).__name__} {tuple(getattr(rgb, 'shape', ()))} "
                          f"{getattr(rgb, 'dtype', '')}; threestudio renders (B, H, W, 3) need "
                          f"rgb.permute(0, 3, 1, 2)")
-    if isinstance(size, int) and not isinstance(size, bool):
+    def whole(s) -> bool:  # an int >= 1; numpy integers are ints too, bools are not
+        return isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
+    if whole(size):
         size = (size, size)
-    if not (isinstance(size, (tuple, list)) and len(size) == 2
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)):
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(whole(s) for s in size)):
         raise ValueError(f"size must be a positive integer or a pair (H, W) of them, got {size!r}")
+    size = (int(size[0]), int(size[1]))
     if rgb.shape[-1] in (1, 3) and rgb.shape[1] not in (1, 3):
         warnings.warn(f"rgb has shape {tuple(rgb.shape)}, which looks channels-last; "
                       f"resize_to_teacher expects (B, C, H, W): use rgb.permute(0, 3, 1, 2)",

@@ -31,12 +31,15 @@ while validation is off (:func:`carv_torch.set_validate_args`).
 from __future__ import annotations
 
 import inspect
-import warnings
+import numbers
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
+from ._validation import check_finite as finite_values
 from ._validation import is_validating
+from .integrands import _guidance_scale, check_outputs, checks_itself
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -63,34 +66,32 @@ class Teacher(Protocol):
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, condition: Any = None, *,
                       uncond: Any = None, guidance_scale: float = 1.0) -> torch.Tensor:
-        r"""$\hat\epsilon$ of shape ``(N, C, H, W)`` for ``x_t`` ``(N, C, H, W)`` and ``t`` ``(N,)``."""
+        r"""$\hat\epsilon$ of shape ``(N, C, H, W)`` for ``x_t`` ``(N, C, H, W)`` and ``t`` ``(N,)``,
+        in the dtype and on the device of ``x_t`` (the objectives check all three)."""
         ...
 
 
 def check_finite(eps: torch.Tensor, t: torch.Tensor, nan_policy: str = "raise",
-                 name: str = "teacher output") -> torch.Tensor:
+                 name: str = "teacher.predict_noise") -> torch.Tensor:
     r"""Raise ``FloatingPointError`` naming the timesteps whose prediction is not finite.
 
     With ``nan_policy="zero"`` those rows are set to 0 and a ``RuntimeWarning``
-    names them instead. Forces a device sync (it reads a flag back to the host).
+    names them instead. Forces a device sync (it reads one flag back to the host).
+    The message reads e.g. ``real.predict_noise returned non-finite values (nan) at
+    timesteps [3, 17] (2 of 8 inputs)``.
 
     Args:
         eps: predictions, shape ``(N, ...)``.
         t: their timesteps, shape ``(N,)``.
     """
-    bad = ~torch.isfinite(eps.reshape(eps.shape[0], -1)).all(dim=1)
-    if not bool(bad.any()):
-        return eps
-    steps = sorted({int(s) for s in t[bad].tolist()})
-    msg = (f"{name} is not finite (NaN or inf) for {int(bad.sum())} of {eps.shape[0]} inputs, "
-           f"at timesteps {steps}")
-    if nan_policy == "raise":
-        raise FloatingPointError(msg + "; pass nan_policy='zero' to zero them instead")
-    warnings.warn(msg + "; zeroed (nan_policy='zero')", RuntimeWarning, stacklevel=3)
-    return torch.where(bad.reshape((-1,) + (1,) * (eps.ndim - 1)), torch.zeros_like(eps), eps)
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    return check_outputs(t, [(name, eps, nan_policy)])[0]
 
 
-def _check_inputs(x_t, t, T: int):
+def _check_inputs(x_t, t, T: int, *, finite_x: bool = False):
+    # Structural checks always; with validation on, one host read for the range of t (and,
+    # with finite_x, whether x_t is finite: a NaN input is the caller's, not the teacher's).
     if not isinstance(x_t, torch.Tensor) or x_t.ndim < 2 or not x_t.is_floating_point():
         raise TypeError(f"x_t must be a floating tensor of shape (N, C, H, W), got "
                         f"{type(x_t).__name__} {getattr(x_t, 'shape', '')}")
@@ -100,10 +101,17 @@ def _check_inputs(x_t, t, T: int):
                          f"{getattr(t, 'dtype', '')}")
     if t.device != x_t.device:
         raise ValueError(f"t is on {t.device} but x_t is on {x_t.device}; put both on one device")
-    if is_validating() and t.numel():
-        lo, hi = torch.stack(torch.aminmax(t)).tolist()  # one host read (value check)
+    if is_validating() and t.numel() and t.device.type != "meta":
+        lo, hi = torch.aminmax(t)
+        facts = [lo.to(torch.float64), hi.to(torch.float64)]
+        if finite_x:
+            facts.append(torch.isfinite(x_t).all().to(torch.float64))
+        read = torch.stack(facts).tolist()  # one host read (value check)
+        lo, hi = int(read[0]), int(read[1])
         if lo < 0 or hi >= T:
             raise ValueError(f"t must lie in [0, {T}), got values in [{lo}, {hi}]")
+        if finite_x and not read[2]:
+            finite_values("x_t", x_t)
 
 
 def _coefficients(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor):
@@ -160,10 +168,16 @@ class DiffusersTeacher:
                                           "epsilon")
         if pred not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {pred!r}")
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, numbers.Integral) \
+                or max_batch_size < 1:  # numpy integers are fine
             raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
+        max_batch_size = int(max_batch_size)
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        if not isinstance(check_finite, (bool, np.bool_)):
+            raise TypeError(f"check_finite must be a bool, got {check_finite!r} "
+                            f"({type(check_finite).__name__})")
+        check_finite = bool(check_finite)
         self.unet, self.scheduler, self.vae = unet, scheduler, vae
         self.prediction_type = pred
         self.max_batch_size = max_batch_size
@@ -231,12 +245,13 @@ class DiffusersTeacher:
             uncond: $\varnothing$ for CFG (leading dim 1 or ``N``); needed when ``guidance_scale != 1``.
             guidance_scale: $s$.
         """
+        guidance_scale = _guidance_scale(guidance_scale)
         _check_inputs(x_t, t, self.alphas_cumprod.shape[0])
         if x_t.device != self.device:
             raise ValueError(f"x_t is on {x_t.device} but the UNet is on {self.device}")
         N = x_t.shape[0]
         cond, unc = _rows(condition, N, "condition"), _rows(uncond, N, "uncond")
-        cfg = float(guidance_scale) != 1.0
+        cfg = guidance_scale != 1.0
         if cfg and unc is None:
             raise ValueError(f"guidance_scale = {guidance_scale} needs uncond (the null condition); "
                              "pass uncond or guidance_scale=1.0")
@@ -257,7 +272,9 @@ class DiffusersTeacher:
                 out.append(self._to_epsilon(self._model(xs, ts, None if cond is None else cond[a:b]),
                                             xs, ts))
         eps = torch.cat(out).to(x_t.dtype)
-        return check_finite(eps, t, self.nan_policy) if self.check_finite and is_validating() else eps
+        if self.check_finite and checks_itself(self):
+            return check_finite(eps, t, self.nan_policy, f"{type(self).__name__}.predict_noise")
+        return eps
 
     __call__ = predict_noise
 
@@ -304,16 +321,21 @@ class GaussianMixtureTeacher:
             var = var.expand(M)
         if var.shape == (M,):
             var = var[:, None].expand(M, D)
-        if var.shape != (M, D) or bool((var <= 0).any()):
+        if var.shape != (M, D) or not bool((var > 0).all()):  # NaN fails the comparison
+            if var.shape == (M, D):
+                finite_values("variances", var)
             raise ValueError(f"variances must be positive with shape (), ({M},) or ({M}, {D}), "
-                             f"got {tuple(var.shape)}")
+                             f"got shape {tuple(var.shape)}"
+                             + (f" and minimum {float(var.min())}" if var.numel() else ""))
         abar = torch.as_tensor(alphas_cumprod).to(device=means.device, dtype=torch.float64)
-        if abar.ndim != 1 or bool((abar <= 0).any()) or bool((abar > 1).any()):
+        if abar.ndim != 1 or not bool(((abar > 0) & (abar <= 1)).all()):  # NaN fails too
             raise ValueError("alphas_cumprod must be 1-D with values in (0, 1]")
         lw = torch.zeros(M, dtype=means.dtype, device=means.device) if log_weights is None \
             else torch.as_tensor(log_weights)
         if lw.shape != (M,):
             raise ValueError(f"log_weights must have shape ({M},), got {tuple(lw.shape)}")
+        for name, value in (("means", means), ("variances", var), ("log_weights", lw)):
+            finite_values(name, value)  # value check (gated), once at construction
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
         self.means, self.variances, self.log_weights = means, var, lw
@@ -330,6 +352,10 @@ class GaussianMixtureTeacher:
     def score(self, x_t: torch.Tensor, t: torch.Tensor, log_weights: torch.Tensor | None = None):
         r"""$\nabla\log p_t(x_t)$, shape like ``x_t`` ``(N, *S)``."""
         _check_inputs(x_t, t, self.alphas_cumprod.shape[0])
+        return self._score(x_t, t, log_weights)
+
+    def _score(self, x_t, t, log_weights):
+        # score() on checked inputs.
         N = x_t.shape[0]
         x = x_t.reshape(N, 1, -1)
         if x.shape[-1] != self.means.shape[1]:
@@ -344,22 +370,40 @@ class GaussianMixtureTeacher:
         gamma = torch.softmax(logits, dim=-1)
         return -(gamma[..., None] * diff / v).sum(1).reshape(x_t.shape)
 
+    def _log_weights(self, name: str, value, N: int):
+        # A condition: log-weights of shape (N or 1, M), broadcast to N rows.
+        rows = _rows(value, N, name)
+        M = self.means.shape[0]
+        if rows is not None and (rows.ndim != 2 or rows.shape[1] != M or not rows.is_floating_point()):
+            raise ValueError(f"{name} must be floating log-weights of shape (N or 1, M) = ({N} or 1, "
+                             f"{M}), one per mixture component, got {tuple(value.shape)} {value.dtype}")
+        return rows
+
     def _eps(self, x_t, t, log_weights):
         sigma = _coefficients(self.alphas_cumprod, t, x_t)[1]
-        return -sigma * self.score(x_t, t, log_weights)
+        return -sigma * self._score(x_t, t, log_weights)
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, condition=None, *, uncond=None,
                       guidance_scale: float = 1.0) -> torch.Tensor:
-        r"""$\hat\epsilon(x_t, t) = -\sigma_t\nabla\log p_t(x_t)$ (with CFG on log-weights), shape like ``x_t``."""
-        N = x_t.shape[0] if isinstance(x_t, torch.Tensor) and x_t.ndim else 0
-        cond = _rows(condition, N, "condition")
+        r"""$\hat\epsilon(x_t, t) = -\sigma_t\nabla\log p_t(x_t)$ (with CFG on log-weights), shape like ``x_t``.
+
+        Checked first: ``t`` (integer, shape ``(N,)``, in $[0, T)$), ``guidance_scale`` (finite)
+        and, with validation on and ``nan_policy="raise"``, that ``x_t`` is finite (one host
+        read for both value checks).
+        """
+        guidance_scale = _guidance_scale(guidance_scale)
+        _check_inputs(x_t, t, self.alphas_cumprod.shape[0], finite_x=self.nan_policy == "raise")
+        N = x_t.shape[0]
+        cond = self._log_weights("condition", condition, N)
+        if guidance_scale != 1.0 and cond is None:
+            raise ValueError(f"guidance_scale = {guidance_scale} needs a condition "
+                             "(log-weights of shape (N or 1, M))")
         eps = self._eps(x_t, t, cond)
-        if float(guidance_scale) != 1.0:
-            if cond is None:
-                raise ValueError(f"guidance_scale = {guidance_scale} needs a condition "
-                                 "(log-weights of shape (N or 1, M))")
-            e_u = self._eps(x_t, t, _rows(uncond, N, "uncond"))
+        if guidance_scale != 1.0:
+            e_u = self._eps(x_t, t, self._log_weights("uncond", uncond, N))
             eps = e_u + guidance_scale * (eps - e_u)
-        return check_finite(eps, t, self.nan_policy) if is_validating() else eps
+        if checks_itself(self):
+            return check_finite(eps, t, self.nan_policy, f"{type(self).__name__}.predict_noise")
+        return eps
 
     __call__ = predict_noise

@@ -65,8 +65,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -108,10 +110,13 @@ class _NanToNum:
 def _pair(name: str, size: Size):
     if size is None:
         return None
-    if isinstance(size, int) and not isinstance(size, bool):
+    def integer(s):
+        return isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_))
+
+    if integer(size):
         size = (size, size)
     if not (isinstance(size, (tuple, list)) and len(size) == 2
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)):
+            and all(integer(s) and s >= 1 for s in size)):
         raise ValueError(f"{name} must be None, a positive integer or a pair (H, W) of them, got {size!r}")
     return int(size[0]), int(size[1])
 
@@ -193,7 +198,7 @@ class ThreestudioGuidance(nn.Module):
             raise ValueError(f"cfg_convention must be one of {CFG_CONVENTIONS}, got {cfg_convention!r}")
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+        if isinstance(guidance_scale, (bool, np.bool_)) or not isinstance(guidance_scale, numbers.Real) \
                 or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         for name, flag in (("include_alpha", include_alpha), ("nan_to_num", nan_to_num),

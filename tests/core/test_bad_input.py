@@ -13,7 +13,8 @@ ROW = re.compile(r"^\| `(?P<call>.+)` \| `(?P<exc>\w+)` \| `(?P<msg>.+)` \|$")
 
 
 def _rows():
-    rows = [m.groupdict() for line in TABLE.read_text().splitlines() if (m := ROW.match(line))]
+    core = TABLE.read_text().split("\n## carv_torch\n", 1)[0]  # the torch table has its own test
+    rows = [m.groupdict() for line in core.splitlines() if (m := ROW.match(line))]
     assert len(rows) >= 40, "the bad-input table lost rows"
     return rows
 

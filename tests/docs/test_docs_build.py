@@ -15,9 +15,9 @@ MATHS_PAGES = [
 ]
 API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "sampling",
                "breakpoints", "estimator", "allocation", "testing"]
-TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "sampling", "layouts",
+TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "proposal_rules", "sampling", "layouts",
                      "breakpoints", "estimator", "allocation", "teachers", "integrands", "inner", "objectives",
-                     "guidance", "guidance_config", "threestudio", "prompts", "accounting", "probes", "renderers", "stable_diffusion"]
+                     "guidance", "guidance_config", "checkpoints", "threestudio", "prompts", "accounting", "probes", "renderers", "stable_diffusion"]
 
 
 class _Loader(yaml.SafeLoader):

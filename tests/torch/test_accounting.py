@@ -62,10 +62,29 @@ def test_state_dict_round_trip():
         acc.record("inner", s / 10)
     acc.observe(1.0, 3.0)
     acc.decide(0)
-    other = Accountant(K=2)
+    other = Accountant(K=2, k_max=8, warmup=1)
     other.load_state_dict(acc.state_dict())
     assert other.state_dict() == acc.state_dict()
     assert (other.c_u, other.c_d, other.K) == (acc.c_u, acc.c_d, acc.K)
+    # State, not settings: an accountant built with other bounds refuses it, unchanged.
+    wider = Accountant(K=2)
+    before = wider.state_dict()
+    with pytest.raises(ValueError, match=r"state\['k_max'\] = 8 differs from this accountant's k_max = 32"):
+        wider.load_state_dict(acc.state_dict())
+    assert wider.state_dict() == before
+
+
+def test_snapshot_and_rollback_undo_a_step():
+    acc = Accountant(K=2, k_max=8, warmup=0, fixed_costs=(4.0, 1.0))
+    acc.record("upstream", 1.0)
+    before = acc.state_dict()
+    snap = acc.snapshot()
+    acc.record("inner", 0.5)
+    acc.observe(1.0, 3.0)
+    acc.decide(0)
+    assert acc.state_dict() != before
+    acc.rollback(snap)
+    assert acc.state_dict() == before
 
 
 def test_bad_arguments():
