@@ -17,7 +17,7 @@ FLOORS_PY := import sys, importlib; toml = importlib.import_module("tomllib" if 
   reqs = p["dependencies"] + x["torch"] + x["dev"]; bad = [r for r in reqs if r.count(">=") != 1]; \
   sys.exit(f"every requirement needs one >= floor: {bad}") if bad else print(*[r.replace(">=", "==") for r in reqs])
 
-.PHONY: test test-min demo demo-core venv docs serve clean browser figures
+.PHONY: test test-slow test-min demo demo-core venv docs serve clean browser figures
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The tests marked slow (deselected by `make test`): the 4-rank distributed tests.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 # The floors: the CPU torch wheel first (on local disk; torch's floor is that release, so the
 # floors step then downloads no torch), then every floor exactly, then the package itself

@@ -57,7 +57,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -71,7 +70,8 @@ import carv_torch  # noqa: E402
 from carv_torch import CARVGuidance, GuidanceConfig  # noqa: E402
 from carv_torch.teachers import DiffusersTeacher  # noqa: E402
 
-from .timing import Contestant, compare, interleaved, machine_info, summary  # noqa: E402
+from .timing import (Contestant, argument_parser, compare, interleaved, machine_info,  # noqa: E402
+                     results, summary)
 
 R = 2
 """Upstream samples (renders) per step."""
@@ -331,28 +331,17 @@ def run(*, repeats: int, warmup: int, Ks, encode: bool, include_alpha: bool, thr
     finally:
         carv_torch.set_validate_args(was_validating)
         teacher.check_finite = was_checking
-    info["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return {
-        "description": "median seconds per full SDS step (incl. backward); ratio = CARV / "
-                       "hand-written baseline at the same (R, K); validation off on both sides "
-                       "except carv_validated",
-        "target_ratio": TARGET,
-        "all_meet_target": all(r["meets_target"] for r in rows),
-        "settings": {"R": R, "Ks": list(Ks), "repeats": repeats, "warmup": warmup,
-                     "encode": encode, "include_alpha": include_alpha, "weighting": "sds",
-                     "null_unet": null_unet,
-                     "guidance_scale": GUIDANCE_SCALE,
-                     "shape": list(IMAGE_SHAPE if encode else LATENT_SHAPE)},
-        "same_gradient_checks": checks,
-        "machine": info,
-        "rows": rows,
-    }
+    return results(
+        "median seconds per full SDS step (incl. backward); ratio = CARV / hand-written baseline "
+        "at the same (R, K); validation off on both sides except carv_validated", TARGET, rows,
+        {"R": R, "Ks": list(Ks), "repeats": repeats, "warmup": warmup, "encode": encode,
+         "include_alpha": include_alpha, "weighting": "sds", "null_unet": null_unet,
+         "guidance_scale": GUIDANCE_SCALE, "shape": list(IMAGE_SHAPE if encode else LATENT_SHAPE)},
+        info, same_gradient_checks=checks)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead",
-                                     description=__doc__.split("\n")[0])
-    add = parser.add_argument
+    parser, add = argument_parser("benchmarks.overhead", __doc__)
     add("--repeats", type=int, default=None,
         help="timed calls per contestant and configuration (default 50; 4 with --quick)")
     add("--warmup", type=int, default=None, help="untimed rounds first (default 5; 2 with --quick)")
@@ -373,21 +362,21 @@ def main(argv=None) -> dict:
     if repeats < 30 and not args.quick:
         warnings.warn(f"--repeats {repeats} < 30: medians are noisy (the full run uses >= 30)",
                       UserWarning, stacklevel=2)
-    results = run(repeats=repeats, warmup=warmup, Ks=KS_QUICK if args.quick else KS,
-                  encode=args.encode, include_alpha=args.include_alpha, threads=args.threads,
-                  weights_dir=args.weights_dir, null_unet=args.null_unet)
-    results["settings"]["quick"] = args.quick
-    results["settings"]["argv"] = list(argv) if argv is not None else sys.argv[1:]
+    out = run(repeats=repeats, warmup=warmup, Ks=KS_QUICK if args.quick else KS,
+              encode=args.encode, include_alpha=args.include_alpha, threads=args.threads,
+              weights_dir=args.weights_dir, null_unet=args.null_unet)
+    out["settings"]["quick"] = args.quick
+    out["settings"]["argv"] = list(argv) if argv is not None else sys.argv[1:]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(format_table(results["rows"]))
-    missed = sum(not r["meets_target"] for r in results["rows"])
-    undecided = sum(not r["target_decided"] for r in results["rows"])
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(format_table(out["rows"]))
+    missed = sum(not r["meets_target"] for r in out["rows"])
+    undecided = sum(not r["target_decided"] for r in out["rows"])
     print(f"target ratio <= {TARGET}: " + ("met at every configuration" if not missed else
-          f"missed at {missed} of {len(results['rows'])} configurations")
+          f"missed at {missed} of {len(out['rows'])} configurations")
           + (f" ({undecided} not resolved by the 95% CI at n = {repeats})" if undecided else "")
           + f"; wrote {args.out}")
-    return results
+    return out
 
 
 if __name__ == "__main__":

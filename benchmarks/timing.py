@@ -99,3 +99,22 @@ def machine_info(threads: int) -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def results(description: str, target: float, rows: list[dict], settings: dict, machine: dict,
+            **extra) -> dict:
+    """The results document of a benchmark: what is measured, the target, whether every row
+    meets it, the settings, the machine (with the load at the end) and the rows."""
+    machine = dict(machine, loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
+    return {"description": description, "target_ratio": target,
+            "all_meet_target": all(r["meets_target"] for r in rows), "settings": settings,
+            **extra, "machine": machine, "rows": rows}
+
+
+def argument_parser(prog: str, doc: str):
+    """An ``argparse`` parser for ``python -m <prog>``, described by the first line of ``doc``,
+    and its ``add_argument``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.split("\n")[0])
+    return parser, parser.add_argument

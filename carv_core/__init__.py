@@ -22,6 +22,7 @@ from .allocation import (
     reuse_ceiling,
 )
 from .breakpoints import BreakpointSampler, call_transform, find_breakpoints, tabulate
+from .world_designs import WorldStrata, world_strata
 from .designs import (
     IID,
     Antithetic,
@@ -85,7 +86,7 @@ __all__ = [
     "AdaptiveProposal", "defensive_mixture", "importance_weights", "oracle_proposal",
     "weight_heuristic",
     "BreakpointSampler", "call_transform", "find_breakpoints", "tabulate",
-    "IID", "Antithetic", "Design", "GlobalStrata", "Layout", "PermutedStrata", "Sobol", "Stratified",
+    "IID", "Antithetic", "Design", "GlobalStrata", "WorldStrata", "world_strata", "Layout", "PermutedStrata", "Sobol", "Stratified",
     "Systematic", "apply_layout", "as_design",
     "DESIGNS", "InverseCDFSampler", "MonotoneSampler", "TimestepDraw", "cdf_from_pmf", "continuous_from_uniforms",
     "draw_uniforms", "gaussian_noise", "inverse_cdf", "stratify", "stratum_pmfs",

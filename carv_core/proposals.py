@@ -177,23 +177,45 @@ class AdaptiveProposal:
         if np.any(sq < 0):
             j = int(np.argmax(sq < 0))
             raise ValueError(f"sq_norm must be non-negative, got sq_norm[{j}] = {sq[j]}")
-        # 2. Per-bin means of sq scaled by a power of two (exact) at or above the bin's
-        #    largest value, so the sums cannot overflow; a mean never exceeds that largest value.
-        bins = self.bin_index[t.astype(np.int64)]
+        n, mean = self._bin_means(t.astype(np.int64), sq)
+        self.update_bins(n, mean)
+
+    def _bin_means(self, t: np.ndarray, sq: np.ndarray):
+        # Per-bin means of sq scaled by a power of two (exact) at or above the bin's
+        # largest value, so the sums cannot overflow; a mean never exceeds that largest value.
+        bins = self.bin_index[t]
         n = np.bincount(bins, minlength=self.n_bins)
-        seen = n > 0
         top = np.zeros(self.n_bins)
         np.maximum.at(top, bins, sq)
         e = np.frexp(top)[1]
         s = np.bincount(bins, weights=np.ldexp(sq, -e[bins]), minlength=self.n_bins)
         with np.errstate(over="ignore"):
-            mean = np.minimum(np.ldexp(np.divide(s, n, out=np.zeros(self.n_bins), where=seen), e), top)
-            # 3. EMA, clipped to [min, max] of its two terms (where it lies in exact arithmetic).
+            mean = np.minimum(np.ldexp(np.divide(s, n, out=np.zeros(self.n_bins), where=n > 0), e), top)
+        return n, mean
+
+    def update_bins(self, n, mean) -> None:
+        r"""Fold per-bin counts $n_b$ and means $\bar m_b$ into $\hat m$ (what :meth:`update` computes
+        from $t$ and $\lVert f\rVert^2$; across processes, the all-reduced ones).
+
+        $\hat m_b \leftarrow \beta\,\hat m_b + (1-\beta)\,\bar m_b$ where $n_b > 0$ (a bin's
+        first observation replaces the prior); means are capped at the largest float64.
+        """
+        n = np.asarray(n)
+        if n.shape != (self.n_bins,) or n.dtype.kind not in "iu" or np.any(n < 0):
+            raise ValueError(f"n must hold {self.n_bins} non-negative integer bin counts, got {n!r}")
+        with np.errstate(invalid="ignore"):  # +inf (an overflowed sum) becomes the largest float
+            mean = np.minimum(np.asarray(mean, dtype=np.float64), np.finfo(np.float64).max)
+        mean = as_float_array("mean", mean, ndim=1)
+        if mean.shape != (self.n_bins,) or np.any(mean < 0):
+            raise ValueError(f"mean must hold {self.n_bins} non-negative bin means, got {mean!r}")
+        seen = n > 0
+        with np.errstate(over="ignore"):
+            # EMA, clipped to [min, max] of its two terms (where it lies in exact arithmetic).
             old = self.second_moment
             ema = np.clip(self.decay * old + (1 - self.decay) * mean,
                           np.minimum(old, mean), np.maximum(old, mean))
         m = np.where(seen & (self.counts > 0), ema, np.where(seen, mean, old))
-        # 4. An all-zero bin would starve; keep it at the smallest positive level (> 0 in float64).
+        # An all-zero bin would starve; keep it at the smallest positive level (> 0 in float64).
         positive = m[m > 0]
         floor = max(positive.min() * 1e-6, np.finfo(np.float64).tiny) if positive.size else 1.0
         self.second_moment = np.maximum(m, floor)

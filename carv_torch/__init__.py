@@ -24,6 +24,7 @@ from carv_core.designs import (
     apply_layout,
 )
 from carv_core.sampling import MonotoneSampler
+from carv_core.world_designs import WorldStrata, world_strata
 
 from ._validation import is_validating, set_validate_args
 from .allocation import (
@@ -87,7 +88,7 @@ __all__ = [
     # parity layer: the names of carv_core.__all__ (designs are backend-agnostic objects,
     # shared as they are: their integer layouts are applied on the device)
     "IID", "Antithetic", "GlobalStrata", "Layout", "PermutedStrata", "Sobol", "Stratified",
-    "Systematic", "apply_layout", "MonotoneSampler",
+    "Systematic", "apply_layout", "MonotoneSampler", "WorldStrata", "world_strata",
     "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
     "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
     "PiecewiseDensity", "pmf", "tabulate_density", "uniform_timesteps",
@@ -105,6 +106,8 @@ __all__ = [
 
 # Torch-only modules: teachers, objectives, guidance, accounting, renderers.
 from .accounting import KIND_NAMES, Accountant, KDecision  # noqa: E402
+from .distributed import World, current_world, rank_seed  # noqa: E402
+from .local_ranks import run_local  # noqa: E402
 from .estimator import split_half_components  # noqa: E402
 from .breakpoints import BreakpointSampler, as_sampler, call_transform, find_breakpoints, tabulate  # noqa: E402
 from .guidance import (  # noqa: E402
@@ -163,6 +166,7 @@ from .teachers import (  # noqa: E402
 
 __all__ += [
     "KIND_NAMES", "Accountant", "KDecision", "split_half_components",
+    "World", "current_world", "rank_seed", "run_local",
     "BreakpointSampler", "as_sampler", "call_transform", "find_breakpoints", "tabulate",
     "PROPOSALS", "SAMPLERS", "CARVGuidance", "GuidanceConfig", "GuidanceStep", "scheduled_value",
     "DMD", "SDS", "Integrand", "Objective",

@@ -206,14 +206,17 @@ class Accountant:
 
     # ------------------------------------------------------------------ decisions
 
-    def decide(self, step: int) -> KDecision:
+    def decide(self, step: int, costs=None) -> KDecision:
         r"""Re-choose $K = \operatorname{clip}(\arg\min_K (\sigma_B^2 + \sigma_W^2/K)(c_u + K c_d), K_{\min}, K_{\max})$.
 
         Keeps the current $K$ while any input is unknown. A negative running
         $\hat\sigma_B^2$ (it is unbiased, not clipped) counts as 0, i.e. $K = K_{\max}$.
+        ``costs``: $(c_u, c_d)$ to use instead of this accountant's own (e.g. averaged over
+        the ranks of a data-parallel run, :mod:`carv_torch.distributed`).
         """
         step = _check_int("step", step, 0)
-        c_u, c_d = self.c_u, self.c_d
+        c_u, c_d = (self.c_u, self.c_d) if costs is None else \
+            (_finite("costs[0]", costs[0], nan_ok=True), _finite("costs[1]", costs[1], nan_ok=True))
         sb, sw = self.sigma_b2, self.sigma_w2
         missing = [n for n, v in (("c_u", c_u), ("c_d", c_d), ("sigma_b2", sb), ("sigma_w2", sw))
                    if v != v]

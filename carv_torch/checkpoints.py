@@ -10,6 +10,7 @@ A checkpoint (the module's ``get_extra_state()``, inside ``state_dict()``) holds
 | ``calls``, ``probes``, ``global_step`` | counters |
 | ``proposal`` | the proposal's state (e.g. the adaptive bins' $\hat m_b$ and counts) |
 | ``single_render`` | the single-render probe's window |
+| ``cycle`` | the accumulation cycle's row counts and held draws (:class:`~carv_torch.distributed.Cycle`) |
 | ``accountant`` | $K$, the cost samples, the variance EMAs, the decisions |
 | ``generator`` | the torch generator's state |
 
@@ -33,6 +34,7 @@ from typing import NamedTuple
 import torch
 
 from .accounting import Accountant
+from .distributed import Cycle
 from .guidance_config import GuidanceConfig
 from .probes import SingleRenderProbe
 
@@ -53,6 +55,7 @@ class GuidanceState(NamedTuple):
     global_step: int
     proposal: dict
     single_render: dict | None
+    cycle: dict | None
     accountant: dict
     generator: torch.Tensor
 
@@ -76,6 +79,7 @@ def checkpoint(guidance) -> dict:
         "global_step": guidance.global_step,
         "proposal": guidance.proposal.state_dict(),
         "single_render": guidance._single.state_dict(),
+        "cycle": guidance._cycle.state_dict(),
         "accountant": guidance.accountant.state_dict(),
         "generator": guidance.generator.get_state().clone(),
     }
@@ -152,9 +156,11 @@ def validated_state(guidance, state) -> GuidanceState:
     single = SingleRenderProbe(order=guidance._single.order, spacing=guidance._single.spacing)
     if "single_render" in state:
         _part("single_render", lambda: single.load_state_dict(state["single_render"]))
+    if "cycle" in state:
+        _part("cycle", lambda: Cycle(guidance._cycle.steps).load_state_dict(state["cycle"]))
     accountant = accountant_for(guidance.config, guidance.device)
     _part("accountant", lambda: accountant.load_state_dict(state["accountant"]))
     gen = state["generator"]
     _part("generator", lambda: torch.Generator(device=guidance.device).set_state(gen))
     return GuidanceState(calls, probes, step, prop_state, state.get("single_render"),
-                         state["accountant"], gen)
+                         state.get("cycle"), state["accountant"], gen)

@@ -65,15 +65,16 @@ from typing import Any, NamedTuple
 
 import carv_core
 import torch
-from carv_core.designs import IID, as_design
+from carv_core.designs import IID, GlobalStrata, as_design
 from torch import nn
 
 from ._validation import is_validating
+from .distributed import Cycle, World, current_world, rank_seed, reduce_probe, row_weight
 from .checkpoints import accountant_for, checkpoint, validated_state
 from .breakpoints import as_sampler
 from .integrands import SDS, Objective
 from .objectives import GradientEstimate, draw_inner, estimate_from_draws
-from .probes import SingleRenderProbe, parameter_space_components
+from .probes import SingleRenderProbe, checked_params, parameter_space_components
 from .estimator import variance_components
 from .guidance_config import SAMPLERS, GuidanceConfig, is_sampler, scheduled_value
 from .proposal_rules import PROPOSALS, as_proposal
@@ -120,8 +121,10 @@ class CARVGuidance(nn.Module):
     ``uncond``; DMD also ``fake_condition``; leading dim 1 or ``B``; the first two may also
     be passed positionally), ``rgb_as_latents`` (skip the encoder), and, with
     ``K="auto"``, ``params``: the parameters the loss is differentiated for (e.g.
-    ``nerf.parameters()``), for the variance probes. Returns the scalar dict of the module
-    docstring.
+    ``nerf.parameters()``), for the variance probes; under ``torch.distributed``,
+    ``world_rows``: every rank's row count, when known (else gathered, one small collective).
+    Returns the scalar dict of the module docstring. Data-parallel runs:
+    :mod:`carv_torch.distributed` (streams, strata across ranks, one $q$, one $K$).
     """
 
     def __init__(self, objective, config: GuidanceConfig | None = None):
@@ -157,6 +160,8 @@ class CARVGuidance(nn.Module):
         self._teachers = [o for o in objs if o is not None and hasattr(o, "max_batch_size")]
         self._warned = set()
         self._single = SingleRenderProbe(order=2)
+        self.world = current_world() if config.distributed == "auto" else World()
+        self._cycle = Cycle(config.accumulation_steps)
 
     @property
     def teacher(self):
@@ -224,21 +229,6 @@ class CARVGuidance(nn.Module):
         if is_validating() and not bool(torch.isfinite(x).all()):
             raise ValueError("rgb must be finite, got NaN or inf in the rendered images")
 
-    @staticmethod
-    def _check_params(params) -> list[torch.Tensor] | None:
-        if params is None:
-            return None
-        if isinstance(params, torch.Tensor):
-            params = [params]
-        try:
-            params = list(params)
-        except TypeError:
-            raise TypeError(f"params must be an iterable of tensors, got {type(params).__name__}") from None
-        if not params or not all(isinstance(q, torch.Tensor) and q.requires_grad for q in params):
-            raise ValueError("params must be a non-empty iterable of tensors that require grad "
-                             "(e.g. nerf.parameters())")
-        return params
-
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             warnings.warn(message, UserWarning, stacklevel=3)
@@ -257,23 +247,34 @@ class CARVGuidance(nn.Module):
 
     def forward(self, rgb: torch.Tensor, condition=None, uncond=None, *,
                 rgb_as_latents: bool = False, generator: torch.Generator | None = None,
-                params=None, **conditions) -> dict:
+                params=None, world_rows=None, **conditions) -> dict:
         """One guidance step; see the module docstring for the returned keys."""
         self._check_input(rgb)
-        params = self._check_params(params)
+        params = checked_params(params)
         acc, cfg = self.accountant, self.config
         gen = self.generator if generator is None else generator
         if not isinstance(gen, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(gen).__name__}")
         gen_state = gen.get_state()
-        R, auto = rgb.shape[0], cfg.K == "auto"
+        R, auto, world = rgb.shape[0], cfg.K == "auto", self.world
+        if world.size == 1 and cfg.distributed == "auto" and current_world().size > 1:
+            self._warn_once("late-group", "torch.distributed was initialised after this CARVGuidance "
+                                          "was built: it runs as a single process (every rank draws "
+                                          "the same stream); build it after init_process_group")
+        cycle = self._cycle  # the accumulation cycle (one micro-step per call)
+        rows = cycle.rows_for(world, R, world_rows, rgb.device, self.calls)
+        last = cycle.micro(self.calls) == cycle.steps - 1
         K = acc.K
         if cfg.antithetic and K % 2:
             K += 1 if K < acc.k_max else -1
         # R >= 2: one probe call in probe_every. R = 1: a burst of order + 1 consecutive
         # calls, whose single-render means give sigma_B^2 across steps (carv_torch.probes).
-        phase = self.calls % cfg.probe_every
-        probe = auto and K >= 2 and (phase == 0 if R >= 2 else phase <= self._single.order)
+        phase = (self.calls // cycle.steps) % cfg.probe_every  # whole cycles probe
+        # On several ranks the rule reads every rank's rows, so all ranks probe together (a
+        # mix of single-row and multi-row ranks does not probe).
+        lo_rows, hi_rows = min(rows), max(rows)
+        probe = auto and K >= 2 and (phase == 0 if lo_rows >= 2 else
+                                     hi_rows == 1 and phase <= self._single.order)
         if auto and R < 2 and params is None:
             probe = False
             self._warn_once("single", f"K='auto' with {R} upstream sample per call estimates "
@@ -299,8 +300,14 @@ class CARVGuidance(nn.Module):
             x = encode(rgb) if (encode is not None and not rgb_as_latents) else rgb
             encoded = acc.marker()
             sampler = self.sampler(key)
+            if world.size > 1 and generator is None:  # rank s, call n: its own stream
+                gen.manual_seed(rank_seed(cfg.seed, world.rank, self.calls))
+            comb = not probe and (world.size > 1 or cycle.steps > 1) and cfg.strata_across_ranks \
+                and isinstance(sampler.design, GlobalStrata)
             if probe:
                 sampler = sampler.with_design(IID())
+            elif comb:  # this call's share of one stratified draw over the world and the cycle
+                sampler = sampler.with_design(cycle.design(world, rows, self.calls))
             draws = draw_inner(R, K, x.shape[1:], sampler=sampler,
                                antithetic=cfg.antithetic and not probe, generator=gen,
                                device=x.device, dtype=x.dtype)
@@ -313,13 +320,19 @@ class CARVGuidance(nn.Module):
                 acc.interval("upstream", self._last_stop, encoded, n=R)
             acc.interval("inner", encoded, inner_done, n=R * K)
             decision = None
-            if probed is not None:
+            if probed is not None and world.size > 1:
+                sb, sw, costs = reduce_probe(probed.sigma_b2, probed.sigma_w2, R, (acc.c_u, acc.c_d), world)
+            elif probed is not None:
                 sb, sw = torch.stack([probed.sigma_b2, probed.sigma_w2]).tolist()  # one read
+                costs = None
+            if probed is not None:
                 acc.observe(sb, sw)
-                if (self.probes + 1) % cfg.decide_every == 0:
-                    decision = acc.decide(self.calls)
-            if self.proposal.adaptive:
-                self.proposal.update(est.t, est.sq_norm)  # the next q is fixed before its draw
+                if last and (self.probes + 1) % (cfg.decide_every * cycle.steps) == 0:
+                    decision = acc.decide(self.calls, costs=costs)
+            if self.proposal.adaptive and last:  # the next cycle's q is fixed before its draws
+                t_all = torch.cat([*cycle.t, est.t.reshape(-1)])
+                sq_all = torch.cat([*cycle.sq_norm, est.sq_norm.reshape(-1)])
+                self.proposal.update(t_all, sq_all, **({"world": world} if world.size > 1 else {}))
         except BaseException:
             gen.set_state(gen_state)  # a failed call consumes no random numbers
             self._single.state = saved_single
@@ -331,7 +344,11 @@ class CARVGuidance(nn.Module):
             for t, size in saved_batch:
                 t.max_batch_size = size
         # Only plain assignments below: the call has succeeded.
-        if self.proposal.adaptive:
+        cycle.rows = rows
+        held = self.proposal.adaptive and not last
+        cycle.t = (*cycle.t, est.t.detach().reshape(-1)) if held else ()
+        cycle.sq_norm = (*cycle.sq_norm, est.sq_norm.detach().reshape(-1)) if held else ()
+        if self.proposal.adaptive and last:
             key_, _, p_ = self._tables  # q is stale; the integer range and p are not
             self.__dict__["_tables"] = (key_, None, p_)
         # Per-call state is plain data: written to __dict__ (no nn.Module.__setattr__ work).
@@ -339,8 +356,11 @@ class CARVGuidance(nn.Module):
         self.__dict__.update(calls=self.calls + 1, probes=self.probes + (probed is not None),
                              last=GuidanceStep(est, K, lo, hi, probed, decision),
                              _last_stop=acc.marker())
-        return {f"loss_{self.objective.name}": est.loss, "grad_norm": est.grad_norm,
-                "variance": est.variance, "min_step": lo, "max_step": hi, "K": K}
+        loss = est.loss if world.size == 1 else est.loss * row_weight(world, rows)
+        # A share of strata (a comb) has rows that are not i.i.d.: no variance estimate.
+        variance = torch.full_like(est.variance, float("nan")) if comb else est.variance
+        return {f"loss_{self.objective.name}": loss, "grad_norm": est.grad_norm,
+                "variance": variance, "min_step": lo, "max_step": hi, "K": K}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -360,6 +380,8 @@ class CARVGuidance(nn.Module):
         self.proposal.load_state_dict(new.proposal)
         if new.single_render is not None:
             self._single.load_state_dict(new.single_render)
+        if new.cycle is not None:
+            self._cycle.load_state_dict(new.cycle)
         self.accountant.load_state_dict(new.accountant)
         self.generator.set_state(new.generator)
         self.__dict__.update(calls=new.calls, probes=new.probes, global_step=new.global_step,

@@ -27,6 +27,9 @@ SAMPLERS = carv_core.DESIGNS
 
 StepRange = Union[float, Sequence[float]]
 
+#: What ``GuidanceConfig.distributed`` may be.
+DISTRIBUTED = ("auto", "off")
+
 
 def scheduled_value(value: StepRange, global_step: int) -> float:
     r"""threestudio's schedule: a float, or $[s_0, v_0, v_1, s_1]$ ($[v_0, v_1, s_1]$ means $s_0 = 0$).
@@ -80,7 +83,15 @@ class GuidanceConfig:
         warmup: timings dropped before costs are used.
         fixed_costs: ``(c_u, c_d)`` injected instead of measured (reproducible ``K="auto"``).
         max_batch_size: largest teacher batch, applied during each call (restored after).
-        seed: seeds the module's generator.
+        seed: seeds the module's generator (under torch.distributed: each rank's per-call stream).
+        distributed: ``"auto"`` (synchronise over the default process group when
+            ``torch.distributed`` is initialised at construction) or ``"off"``
+            (:mod:`carv_torch.distributed`).
+        strata_across_ranks: with the ``global`` design on several ranks, one stratified draw
+            over the world's draws (``False``: each rank its own, i.i.d. replicates).
+        accumulation_steps: calls per optimizer step (gradient accumulation); with the ``global``
+            design and ``strata_across_ranks`` a whole cycle's draws on every rank are one
+            stratified draw, and $q$ and $K$ change only at a cycle's last call.
     """
 
     min_step_percent: StepRange = 0.02
@@ -104,6 +115,9 @@ class GuidanceConfig:
     max_batch_size: int = 64
     guidance_scale: float = 1.0
     seed: int = 0
+    distributed: str = "auto"
+    strata_across_ranks: bool = True
+    accumulation_steps: int = 1
 
     def __post_init__(self):
         # Every field is checked, and numpy scalars become Python numbers, when the config is
@@ -118,7 +132,9 @@ class GuidanceConfig:
         elif not (isinstance(self.weighting, torch.Tensor) or callable(self.weighting)):
             raise TypeError(f"weighting must be one of {WEIGHTINGS}, a (T,) tensor of w(t) or a callable, "
                             f"got {type(self.weighting).__name__}")
-        for name in ("include_alpha", "antithetic"):
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        for name in ("include_alpha", "antithetic", "strata_across_ranks"):
             setattr(self, name, _flag(name, getattr(self, name)))
         if not isinstance(self.proposal, Proposal) and self.proposal not in PROPOSALS:
             raise ValueError(f"proposal must be a carv_torch.Proposal or one of {PROPOSALS}, "
@@ -135,7 +151,8 @@ class GuidanceConfig:
         self.guidance_scale = _real("guidance_scale", self.guidance_scale, -math.inf, math.inf,
                                     "finite")
         for name, minimum in (("adaptive_bins", 1), ("k_min", 1), ("decide_every", 1),
-                              ("probe_every", 1), ("warmup", 0), ("max_batch_size", 1), ("seed", 0)):
+                              ("probe_every", 1), ("warmup", 0), ("max_batch_size", 1), ("seed", 0),
+                              ("accumulation_steps", 1)):
             setattr(self, name, _integer(name, getattr(self, name), minimum))
         self.k_max = _integer("k_max", self.k_max, self.k_min, "k_min")
         self.k_init = _integer("k_init", self.k_init, 1)

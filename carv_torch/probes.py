@@ -26,7 +26,7 @@ import torch
 from ._validation import as_int, as_tensor, check_finite, describe
 from .estimator import VarianceComponents, _split_half
 
-__all__ = ["parameter_space_components", "SingleRenderState", "single_render_update",
+__all__ = ["checked_params", "parameter_space_components", "SingleRenderState", "single_render_update",
            "SingleRenderProbe"]
 
 
@@ -34,6 +34,22 @@ def _vjp(x: torch.Tensor, params: list[torch.Tensor], grad_x: torch.Tensor) -> t
     # J^T grad_x over all params, flattened; the graph of x is kept for the step's backward.
     gs = torch.autograd.grad(x, params, grad_outputs=grad_x, retain_graph=True, allow_unused=True)
     return torch.cat([(torch.zeros_like(q) if g is None else g).reshape(-1) for q, g in zip(params, gs)])
+
+
+def checked_params(params) -> list[torch.Tensor] | None:
+    """``params`` for the probes' VJPs as a list of tensors that require grad (``None`` stays ``None``)."""
+    if params is None:
+        return None
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"params must be an iterable of tensors, got {type(params).__name__}") from None
+    if not params or not all(isinstance(q, torch.Tensor) and q.requires_grad for q in params):
+        raise ValueError("params must be a non-empty iterable of tensors that require grad "
+                         "(e.g. nerf.parameters())")
+    return params
 
 
 def parameter_space_components(x: torch.Tensor, values: torch.Tensor, params) -> VarianceComponents:

@@ -42,8 +42,10 @@ class Proposal:
         """$q$, shape ``(T,)``, positive wherever ``p`` is."""
         raise NotImplementedError(f"{type(self).__name__} must implement pmf(p, weights)")
 
-    def update(self, t: torch.Tensor, sq_norm: torch.Tensor) -> None:
-        r"""Fold a step's $t$ and $\lVert f\rVert^2$ in (static rules ignore it)."""
+    def update(self, t: torch.Tensor, sq_norm: torch.Tensor, world=None) -> None:
+        r"""Fold a step's $t$ and $\lVert f\rVert^2$ in (static rules ignore it). A learning rule
+        run on several ranks gets their :class:`~carv_torch.distributed.World` and must reduce
+        its statistics over it, so that every rank keeps the same $q$."""
 
     def state_dict(self) -> dict:
         """Checkpointable state (empty for static rules)."""
@@ -161,17 +163,42 @@ class OnlineProposal(Proposal):
             self._state.p = np.array(p, dtype=np.float64)
         return self._state.proposal()
 
-    def update(self, t, sq_norm):
+    def update(self, t, sq_norm, world=None):
+        r"""Fold this step's $\lVert f\rVert^2$ at ``t`` into the bins (one host read).
+
+        With a ``world`` of several ranks (:class:`carv_torch.distributed.World`) the bin counts
+        $n_b$ and sums $\sum\lVert f\rVert^2$ are summed over the ranks first (one all-reduce of
+        $2\times$ ``n_bins`` float64 numbers, on the device), so every rank folds in the same
+        numbers and keeps a bit-identical $q$.
+        """
         if self._state is None:
             raise RuntimeError("OnlineProposal.update before pmf: no proposal to update yet")
         if not isinstance(t, torch.Tensor) or not isinstance(sq_norm, torch.Tensor):
             raise TypeError(f"t and sq_norm must be tensors, got {type(t).__name__} and "
                             f"{type(sq_norm).__name__}")
         _check_update(t, sq_norm)
+        if world is not None and world.size > 1:
+            self._update_across(t, sq_norm, world)
+            return
         both = torch.stack([t.detach().reshape(-1).to(torch.float64),
                             sq_norm.detach().reshape(-1).to(torch.float64)])
         host = both.numpy(force=True)  # the one host read (one transfer)
         self._state.update(host[0], host[1])
+
+    def _update_across(self, t, sq_norm, world) -> None:
+        from .distributed import all_reduce_sum
+
+        state, nb = self._state, self._state.n_bins
+        index = torch.as_tensor(state.bin_index, device=t.device)
+        bins = index[t.detach().reshape(-1).long()]
+        sq = sq_norm.detach().reshape(-1).to(torch.float64)
+        stats = torch.cat([torch.bincount(bins, minlength=nb).to(torch.float64),
+                           torch.bincount(bins, weights=sq, minlength=nb)])
+        host = all_reduce_sum(stats, world).numpy(force=True)  # the one host read
+        n = host[:nb].round().astype(np.int64)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            mean = np.where(n > 0, host[nb:] / np.maximum(n, 1), 0.0)
+        state.update_bins(n, mean)
 
     def state_dict(self):
         return {} if self._state is None else self._state.state_dict()

@@ -33,7 +33,7 @@ PAGES = [
     # Maths outside the maths section: the home page and docstrings rendered by mkdocstrings.
     "", "api/allocation/", "api/estimator/",
     # The carv_torch guides and the torch API pages with the most docstring maths.
-    "guides/text-to-3d/", "guides/dmd/", "guides/gpu/",
+    "guides/text-to-3d/", "guides/dmd/", "guides/gpu/", "guides/distributed/",
     "api/torch/objectives/", "api/torch/teachers/", "api/torch/guidance/", "api/torch/accounting/",
 ]
 SCREENSHOT_PAGE = "maths/hierarchical/"

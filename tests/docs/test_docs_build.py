@@ -13,11 +13,11 @@ MATHS_PAGES = [
     "maths/notation", "maths/hierarchical", "maths/importance-sampling", "maths/stratification",
     "maths/variance-estimation", "maths/single-render-probes", "maths/figures-of-merit", "maths/not-the-bottleneck",
 ]
-API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "sampling",
+API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "world_designs", "sampling",
                "breakpoints", "estimator", "allocation", "testing"]
 TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "proposal_rules", "sampling", "layouts",
                      "breakpoints", "estimator", "allocation", "teachers", "integrands", "inner", "objectives",
-                     "guidance", "guidance_config", "checkpoints", "threestudio", "prompts", "accounting", "probes", "renderers", "stable_diffusion"]
+                     "guidance", "guidance_config", "checkpoints", "distributed", "local_ranks", "threestudio", "prompts", "accounting", "probes", "renderers", "stable_diffusion"]
 
 
 class _Loader(yaml.SafeLoader):

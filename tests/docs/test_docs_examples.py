@@ -52,7 +52,7 @@ def test_extractor():
 def test_docs_have_examples():
     names = {p.relative_to(DOCS).as_posix() for p in PAGES}
     assert {"index.md", "guides/testing-a-sampler.md", "guides/choosing-k.md", "guides/text-to-3d.md",
-            "guides/dmd.md", "guides/gpu.md"} <= names
+            "guides/dmd.md", "guides/gpu.md", "guides/distributed.md"} <= names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
