@@ -7,7 +7,7 @@ $R$ and is convex in $K$, minimised over the reals at
 $K^\star = \sqrt{(c_u/c_d)\,\sigma_W^2/\sigma_B^2}$; the best integer is
 $\lfloor K^\star\rfloor$ or $\lceil K^\star\rceil$ (clipped to $[1, K_{\max}]$).
 
-Figures of merit (design.md §3):
+Figures of merit:
 $\mathrm{ECM} = (V C)_{\rm base}/(V C)_{\rm method}$, $\mathrm{RE} = V_{\rm uniform}/V_{\rm method}$.
 As $c_d/c_u \to 0$ and $K \to \infty$, $\mathrm{ECM} \to (\sigma_B^2 + \sigma_W^2/K_0)/\sigma_B^2$: the reuse ceiling.
 """

@@ -1,6 +1,6 @@
 r"""Timestep sampling as pure transforms of uniforms.
 
-Every sampler is split in two (design.md §4):
+Every sampler is split in two:
 
 1. a *uniform design* draws $u \in [0,1)^{R\times K}$ (the only random step);
 2. a *pure transform* maps $u$ to timesteps and weights,

@@ -1,6 +1,6 @@
 r"""Timestep sampling on tensors: a uniform design, then a pure transform.
 
-As in :mod:`carv_core.sampling` (design.md §4):
+As in :mod:`carv_core.sampling`:
 
 1. :func:`draw_uniforms` draws $u \in [0,1)^{R\times K}$ with a ``torch.Generator``
    (the only random step) under a design *object* of :mod:`carv_core.designs`

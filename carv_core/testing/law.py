@@ -1,6 +1,6 @@
 r"""The exact joint law of a sampler's $(R, K)$ draw over discrete $t$, for any affine design.
 
-A sampler is a design plus a transform (design.md §4). For an *affine* design
+A sampler is a design plus a transform. For an *affine* design
 (:class:`~carv_core.designs.Layout`) each slot reads one jitter,
 
 $$ u_{rk} = \frac{o_{rk} + s_{rk}\,\xi_{\beta(r,k)}}{d_{rk}}, \qquad \xi_b \sim U[0,1)\ \text{independent}, $$

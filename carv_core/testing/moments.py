@@ -7,7 +7,7 @@ $$ \hat G = \frac{1}{RK}\sum_{r,k}\tilde w_{rk}\, f(\xi_r, t_{rk}) $$
 
 has an exactly computable mean and $\operatorname{tr}\operatorname{Cov}$
 (:func:`exact_moments`); its target is $G = \sum_\xi\pi_\xi\sum_t p(t) f(\xi, t)$
-(:func:`target_mean`), and the variance components of design.md §2.1 are
+(:func:`target_mean`), and the variance components of the hierarchical estimator are
 :func:`between_variance` and :func:`within_variance`. :func:`integrand_scale` is the
 size the test kit measures a bias against.
 """
