@@ -159,10 +159,10 @@ from .teachers import (  # noqa: E402
     NAN_POLICIES,
     PREDICTION_TYPES,
     DiffusersTeacher,
-    GaussianMixtureTeacher,
     Teacher,
     check_finite,
 )
+from .mixture_teacher import GaussianMixtureTeacher  # noqa: E402
 
 __all__ += [
     "KIND_NAMES", "Accountant", "KDecision", "split_half_components",

@@ -17,7 +17,7 @@ MATHS_PAGES = [
 API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "world_designs", "sampling",
                "breakpoints", "estimator", "allocation", "testing"]
 TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "proposal_rules", "sampling", "layouts",
-                     "breakpoints", "estimator", "allocation", "teachers", "integrands", "inner", "objectives",
+                     "breakpoints", "estimator", "allocation", "teachers", "mixture_teacher", "integrands", "inner", "objectives",
                      "guidance", "guidance_config", "checkpoints", "distributed", "local_ranks", "threestudio", "prompts", "accounting", "probes", "renderers", "stable_diffusion"]
 
 
