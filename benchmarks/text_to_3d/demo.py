@@ -30,8 +30,9 @@ import torch
 from .nerf import make_nerf, measure_costs
 from .pipeline import BASELINE, Method, TrainSettings, eval_reference, oracle_from_draws, train
 from .scenes import PROMPTS, check_scene_index, render
-from .study import (_carv_e2e_method, _jsonable, _plt, image_strips, ecm_table, measure_configs, reference_gradient,
-                    time_to_reach)
+from .report import _jsonable, _plt, image_strips
+from .end_to_end import _carv_e2e_method, time_to_reach
+from .variance import ecm_table, measure_configs, reference_gradient
 from .teacher import load_teacher, null_condition, teacher_condition
 
 __all__ = ["demo_methods", "run_demo", "main"]
