@@ -181,3 +181,68 @@ def test_benchmark_pages_summary_first_details_collapsed(built_site):
         assert all("<figcaption" in f and 'width="100%"' in f for f in figures), f"/{page}: uncaptioned figure"
     t3d = (built_site / "benchmarks" / "text-to-3d" / "index.html").read_text()
     assert re.search(r"<h2[^>]*>Summary", t3d[t3d.index("<article"):]), "text-to-3D page: summary is not first"
+
+
+def _examples_runner(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_examples", repo_root / "docs" / "scripts" / "examples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _text(fragment: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def test_code_blocks_show_their_output(built_site, repo_root, tmp_path):
+    """After each block that prints, the built page shows an "Output" block with exactly that text."""
+    examples = _examples_runner(repo_root)
+    shown = 0
+    for md in sorted((repo_root / "docs").rglob("*.md")):
+        blocks = examples.python_blocks(md.read_text())
+        if not blocks:
+            continue
+        outputs = examples.run_page(blocks, tmp=tmp_path / md.stem)   # the build's cached run
+        rel = md.relative_to(repo_root / "docs").with_suffix("")
+        page = built_site / (rel.parent if rel.name == "index" else rel) / "index.html"
+        titled = re.findall(r'<span class="filename">Output</span>(.*?)</code></pre>', page.read_text(), re.S)
+        printed = [o for o in outputs if o.strip()]
+        assert [_text(t).strip("\n") for t in titled] == printed, f"{rel}: outputs shown differ from the run"
+        shown += len(printed)
+    assert shown >= 5
+
+
+def test_repo_url_comes_from_the_environment(repo_root, monkeypatch):
+    from mkdocs.config import load_config as mkdocs_config
+
+    monkeypatch.setenv("CARV_REPO_URL", "https://example.org/carv")
+    assert mkdocs_config(str(repo_root / "mkdocs.yml"))["repo_url"] == "https://example.org/carv"
+    monkeypatch.delenv("CARV_REPO_URL")
+    assert mkdocs_config(str(repo_root / "mkdocs.yml"))["repo_url"] is None
+
+
+def test_maths_pages_link_functions_and_api_pages_link_back(built_site, repo_root):
+    """Each maths page links the functions it names to their entries; each linked API page links back."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("crosslinks", repo_root / "docs" / "scripts" / "crosslinks.py")
+    crosslinks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crosslinks)
+    linked = 0
+    for page in MATHS_PAGES:
+        text = (built_site / page / "index.html").read_text()
+        for target, anchor in re.findall(r'href="\.\./\.\./(api/[\w/]+)/#(carv_(?:core|torch)\.[\w.]+)"', text):
+            assert f'id="{anchor}"' in (built_site / target / "index.html").read_text(), (page, anchor)
+            linked += 1
+    assert linked >= 40
+    back = crosslinks.derivations()
+    assert {"api/estimator.md", "api/sampling.md", "api/torch/sampling.md", "api/torch/probes.md"} <= set(back)
+    for api, pages in back.items():
+        text = (built_site / api.removesuffix(".md") / "index.html").read_text()
+        line = re.search(r"Derivations:</em>(.*?)</p>", text, re.S)
+        assert line, f"{api} has no Derivations line"
+        for src, title in pages:
+            assert f'href="../../{"../" if api.count("/") == 2 else ""}{src.removesuffix(".md")}/">{title}</a>' \
+                in line[1], (api, src)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pathlib
 import pkgutil
-import re
-import subprocess
-import sys
 
 import pytest
 
@@ -22,31 +20,29 @@ import carv_torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-SKIP_MARK = "<!-- docs-test: skip -->"
-FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
-                   re.MULTILINE | re.DOTALL)
+# The runner the docs build uses to show each block's output (docs/scripts/examples.py).
+_spec = importlib.util.spec_from_file_location("docs_examples", DOCS / "scripts" / "examples.py")
+examples = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(examples)
 
-
-def python_blocks(text: str) -> list[str]:
-    blocks = []
-    for match in FENCE.finditer(text):
-        info = match["info"].strip().lower()
-        if not (info == "python" or info.startswith(("python ", "py ", "{.python")) or info == "py"):
-            continue
-        before = text[:match.start()].rstrip().splitlines()
-        if before and before[-1].strip() == SKIP_MARK:
-            continue
-        indent = len(match["indent"])
-        blocks.append("\n".join(line[indent:] for line in match["body"].splitlines()))
-    return blocks
-
-
-PAGES = sorted(p for p in DOCS.rglob("*.md") if python_blocks(p.read_text()))
+PAGES = sorted(p for p in DOCS.rglob("*.md") if examples.python_blocks(p.read_text()))
 
 
 def test_extractor():
     text = "a\n```python\nx = 1\n```\n<!-- docs-test: skip -->\n```python\nboom()\n```\n```bash\nls\n```\n"
-    assert python_blocks(text) == ["x = 1"]
+    assert [b.code for b in examples.python_blocks(text)] == ["x = 1"]
+
+
+def test_outputs_follow_their_blocks(tmp_path):
+    text = "intro\n```python\nprint('one')\n```\nmiddle\n```python\nx = 2\n```\n```python\nprint(x + 1)\n```\nend\n"
+    blocks = examples.python_blocks(text)
+    outputs = examples.run_page(blocks, tmp=tmp_path, refresh=True)
+    assert outputs == ["one", "", "3"]          # per block; the second printed nothing
+    page = examples.with_outputs(text, blocks, outputs)
+    assert page == ("intro\n```python\nprint('one')\n```\n\n```text title=\"Output\"\none\n```\nmiddle\n"
+                    "```python\nx = 2\n```\n```python\nprint(x + 1)\n```\n\n```text title=\"Output\"\n3\n```\nend\n")
+    with pytest.raises(examples.ExampleError, match="ZeroDivisionError"):
+        examples.run_page(examples.python_blocks("```python\n1 / 0\n```\n"), tmp=tmp_path, refresh=True)
 
 
 def test_docs_have_examples():
@@ -57,14 +53,13 @@ def test_docs_have_examples():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
 def test_page_examples_run(page, tmp_path):
-    script = "\n\n".join(python_blocks(page.read_text()))
-    path = tmp_path / (page.stem + ".py")
-    path.write_text(script)
-    env = {"PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path), "PYTHONHASHSEED": "0"}
-    proc = subprocess.run([sys.executable, str(path)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, f"examples of {page.relative_to(ROOT)} failed:\n{proc.stdout}\n{proc.stderr}"
+    """Each page's blocks run (always, not from the cache); what they print is what the site shows."""
+    blocks = examples.python_blocks(page.read_text())
+    try:
+        outputs = examples.run_page(blocks, tmp=tmp_path, refresh=True)
+    except examples.ExampleError as e:
+        pytest.fail(f"examples of {page.relative_to(ROOT)} failed: {e}")
+    assert len(outputs) == len(blocks)
 
 
 MODULES = sorted(
