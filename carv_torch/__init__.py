@@ -41,6 +41,8 @@ from .allocation import (
     reuse_ceiling,
 )
 from .distributions import PiecewiseDensity, pmf, tabulate_density, uniform_timesteps
+from .diagnostics import (Diagnosis, GradientMonitor, SpeedupPrediction, best_speedup, diagnose,
+                          gradient_sq_norm, noise_scale, predicted_speedup)
 from .estimator import (
     HierarchicalEstimate,
     VarianceComponents,
@@ -91,6 +93,8 @@ __all__ = [
     "Systematic", "apply_layout", "MonotoneSampler", "WorldStrata", "world_strata",
     "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
     "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
+    "SpeedupPrediction", "best_speedup", "gradient_sq_norm", "noise_scale", "predicted_speedup",
+    "Diagnosis", "GradientMonitor", "diagnose",
     "PiecewiseDensity", "pmf", "tabulate_density", "uniform_timesteps",
     "HierarchicalEstimate", "VarianceComponents", "Welford", "hierarchical_estimate",
     "variance_components",

@@ -15,9 +15,9 @@ MATHS_PAGES = [
     "maths/variance-estimation", "maths/single-render-probes", "maths/figures-of-merit", "maths/not-the-bottleneck",
 ]
 API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "world_designs", "sampling",
-               "breakpoints", "estimator", "allocation", "testing"]
+               "breakpoints", "estimator", "allocation", "diagnostics", "testing"]
 TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "proposal_rules", "sampling", "layouts",
-                     "breakpoints", "estimator", "allocation", "teachers", "mixture_teacher", "integrands", "inner", "objectives",
+                     "breakpoints", "estimator", "allocation", "diagnostics", "teachers", "mixture_teacher", "integrands", "inner", "objectives",
                      "guidance", "guidance_config", "checkpoints", "distributed", "local_ranks", "threestudio", "prompts", "accounting", "probes", "renderers", "stable_diffusion"]
 
 
