@@ -19,7 +19,19 @@ from typing import Callable, NamedTuple
 
 import torch
 
-__all__ = ["Contestant", "summary", "ratio_ci", "compare", "interleaved", "machine_info"]
+__all__ = ["Contestant", "median_seconds", "summary", "ratio_ci", "compare", "interleaved", "machine_info"]
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall-clock of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
 
 
 class Contestant(NamedTuple):

@@ -25,13 +25,13 @@ Example:
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import torch
 
 from carv_torch.renderers import Cameras, GridRenderer
 
+from ..timing import median_seconds
 from .scenes import FOV, sample_cameras
 
 __all__ = [
@@ -122,17 +122,6 @@ class UpstreamCosts(NamedTuple):
     encode_fwd_bwd: float
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
-
-
 def measure_costs(nerf: GridRenderer, teacher, condition, uncond, *, guidance_scale: float,
                   R: int = 2, n_draws: int = 16, repeats: int = 10,
                   generator: torch.Generator | None = None) -> UpstreamCosts:
@@ -170,9 +159,9 @@ def measure_costs(nerf: GridRenderer, teacher, condition, uncond, *, guidance_sc
         with torch.no_grad():
             teacher.predict_noise(z_t, t, condition, uncond=uncond, guidance_scale=guidance_scale)
 
-    c_u = _median_time(both, repeats) / R
-    c_d = _median_time(inner, repeats) / n_draws
-    r = _median_time(render_only, max(3, repeats // 2)) / R
-    e = _median_time(encode_only, max(3, repeats // 2)) / R
+    c_u = median_seconds(both, repeats) / R
+    c_d = median_seconds(inner, repeats) / n_draws
+    r = median_seconds(render_only, max(3, repeats // 2)) / R
+    e = median_seconds(encode_only, max(3, repeats // 2)) / R
     nerf.zero_grad(set_to_none=True)
     return UpstreamCosts(c_u, c_d, R, n_draws, r, e)

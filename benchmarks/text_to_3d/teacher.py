@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -43,6 +42,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from carv_torch.teachers import DiffusersTeacher
 
+from ..timing import median_seconds
 from .scenes import N_PROMPTS, check_scene_index
 
 __all__ = [
@@ -260,14 +260,7 @@ class TeacherCosts(NamedTuple):
 def measure_costs(teacher: DiffusersTeacher, repeats: int = 20) -> TeacherCosts:
     """Median timings of the UNet (batch 1 and a CFG pair) and of the VAE encoder forward + backward."""
     def median(f):
-        for _ in range(3):
-            f()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return sorted(ts)[len(ts) // 2]
+        return median_seconds(f, repeats, warmup=3)
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, 16, 16, generator=g, dtype=teacher.dtype)

@@ -4,7 +4,8 @@ A mkdocs hook (``hooks:`` in ``mkdocs.yml``): at build time it replaces the mark
 ``<!-- measured-results -->`` in ``docs/index.md`` with a table computed from
 
 - ``benchmarks/text_to_3d/results/study.json`` (``python -m benchmarks.text_to_3d.study``),
-- ``benchmarks/results/overhead.json`` (``python -m benchmarks.overhead``).
+- ``benchmarks/results/overhead.json`` (``python -m benchmarks.overhead``),
+- ``benchmarks/dmd/results/study.json`` (``python -m benchmarks.dmd.study``).
 
 Nothing on the page is typed by hand, so it cannot drift from the JSON: rerun a
 benchmark, rebuild the site, and the home page changes with it. ``render()`` is
@@ -20,7 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 MARKER = "<!-- measured-results -->"
 STUDY = ROOT / "benchmarks" / "text_to_3d" / "results" / "study.json"
 OVERHEAD = ROOT / "benchmarks" / "results" / "overhead.json"
-SOURCES = (STUDY, OVERHEAD)
+DMD = ROOT / "benchmarks" / "dmd" / "results" / "study.json"
+SOURCES = (STUDY, OVERHEAD, DMD)
 
 
 def _pct(x: float) -> str:
@@ -63,22 +65,36 @@ def _rows(study: dict, overhead: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def render(study_path: pathlib.Path = STUDY, overhead_path: pathlib.Path = OVERHEAD) -> str:
+def _dmd_row(dmd: dict) -> tuple[str, str, str]:
+    def ratio(c, name):
+        a = next(a for a in c["arms"] if a["name"] == name)
+        return f"{a['variance_ratio']:.1f} ± {a['variance_ratio_se']:.1f}×"
+
+    cells = "; ".join(f"step {c['step']}: {ratio(c, '(8, 16) iid')} reuse, {ratio(c, '(8, 16) stratified')} "
+                      "+ stratification" for c in dmd["checkpoints"])
+    return ("DMD generator-gradient variance, (8, 1) over (8, 16)", "982 / 59.9 = 16× reuse, 982 / 30.7 = 32× "
+            "+ stratification", cells + " ([DMD page](benchmarks/dmd.md))")
+
+
+def render(study_path: pathlib.Path = STUDY, overhead_path: pathlib.Path = OVERHEAD,
+           dmd_path: pathlib.Path = DMD) -> str:
     """The markdown that replaces the marker."""
     study = json.loads(study_path.read_text())
     overhead = json.loads(overhead_path.read_text())
+    dmd = [_dmd_row(json.loads(dmd_path.read_text()))] if dmd_path.is_file() else []
     m = study["machine"]
     lines = [
         "| quantity | paper (SD 2.1 + NeRF) | measured here |",
         "|---|---|---|",
-        *(f"| {a} | {b} | {c} |" for a, b, c in _rows(study, overhead)),
+        *(f"| {a} | {b} | {c} |" for a, b, c in _rows(study, overhead) + dmd),
         "",
         f"Measured on the project's own text-to-3D pipeline (64³ NeRF grid, the tiny latent teacher "
         f"shipped in `benchmarks/text_to_3d/`, prompt \"{study['prompt']}\", checkpoints of a baseline run "
         f"at steps {', '.join(str(s) for s in study['size']['ckpt_steps'])}), on {m['cpu_count']} CPU cores "
         f"with torch {m['torch']}; ECM is against the baseline \\((R, K) = (2, 1)\\) with uniform \\(t\\). "
         f"Generated at build time from `benchmarks/text_to_3d/results/study.json` and "
-        f"`benchmarks/results/overhead.json`; details on the [text-to-3D results page](benchmarks/text-to-3d.md).",
+        f"`benchmarks/results/overhead.json`; details on the [text-to-3D results page](benchmarks/text-to-3d.md). "
+        f"The DMD row: a known-density DMD on the digits (`benchmarks/dmd/results/study.json`).",
     ]
     return "\n".join(lines)
 
