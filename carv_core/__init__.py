@@ -4,7 +4,7 @@ One module per concept: :mod:`~carv_core.schedules`, :mod:`~carv_core.weighting`
 :mod:`~carv_core.distributions`, :mod:`~carv_core.proposals`,
 :mod:`~carv_core.designs`, :mod:`~carv_core.sampling`, :mod:`~carv_core.breakpoints`,
 :mod:`~carv_core.estimator`,
-:mod:`~carv_core.allocation`, :mod:`~carv_core.diagnostics`, and the public test kit :mod:`carv_core.testing`.
+:mod:`~carv_core.allocation`, :mod:`~carv_core.diagnostics`, :mod:`~carv_core.upstream`, and the public test kit :mod:`carv_core.testing`.
 Never imports torch.
 """
 
@@ -21,7 +21,8 @@ from .allocation import (
     relative_efficiency,
     reuse_ceiling,
 )
-from .diagnostics import SpeedupPrediction, best_speedup, gradient_sq_norm, noise_scale, predicted_speedup
+from .diagnostics import SpeedupPrediction, best_speedup, gradient_sq_norm, noise_scale, predicted_speedup, speedup
+from .upstream import AntipodalPairs, camera_uniforms, cameras_from_uniforms, sequence_uniforms, sobol_sequence
 from .breakpoints import BreakpointSampler, call_transform, find_breakpoints, tabulate
 from .world_designs import WorldStrata, world_strata
 from .designs import (
@@ -81,7 +82,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
     "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
-    "SpeedupPrediction", "best_speedup", "gradient_sq_norm", "noise_scale", "predicted_speedup",
+    "SpeedupPrediction", "best_speedup", "gradient_sq_norm", "noise_scale", "predicted_speedup", "speedup",
     "PiecewiseDensity", "pmf", "tabulate_density", "uniform_timesteps",
     "HierarchicalEstimate", "VarianceComponents", "Welford", "hierarchical_estimate",
     "variance_components",
@@ -96,4 +97,5 @@ __all__ = [
     "BETA_SCHEDULES", "ContinuousSchedule", "DiscreteSchedule", "continuous_schedule",
     "make_betas", "make_schedule",
     "WEIGHTINGS", "sds_weight", "weighting",
+    "AntipodalPairs", "camera_uniforms", "cameras_from_uniforms", "sequence_uniforms", "sobol_sequence",
 ]

@@ -36,7 +36,7 @@ import numpy as np
 from ._validation import as_int, as_real
 from .allocation import cost, predicted_variance
 
-__all__ = ["SpeedupPrediction", "gradient_sq_norm", "noise_scale", "predicted_speedup", "best_speedup"]
+__all__ = ["SpeedupPrediction", "gradient_sq_norm", "noise_scale", "speedup", "predicted_speedup", "best_speedup"]
 
 
 class SpeedupPrediction(NamedTuple):
@@ -84,6 +84,21 @@ def noise_scale(variance: float, grad_sq_norm: float) -> float:
     return math.inf if g <= 0 else v / g
 
 
+def speedup(variance: float, cost: float, variance_new: float, cost_new: float, grad_sq_norm: float) -> float:
+    r"""$S = (\lVert G\rVert^2 + V)\,C / \big((\lVert G\rVert^2 + V')\,C'\big)$ for measured $V$, $C$ ($\lVert G\rVert^2 \le 0$ taken as 0).
+
+    Example:
+        >>> speedup(4.0, 1.0, 1.0, 2.0, grad_sq_norm=0.0)   # the ECM when the noise dominates
+        2.0
+    """
+    v0, v1 = (as_real(n, v, nonnegative=True) for n, v in (("variance", variance), ("variance_new", variance_new)))
+    c0, c1 = (as_real(n, v, positive=True) for n, v in (("cost", cost), ("cost_new", cost_new)))
+    g = max(as_real("grad_sq_norm", grad_sq_norm), 0.0)
+    if v1 == 0 and g == 0:
+        raise ValueError("variance_new and grad_sq_norm are both 0: nothing to predict")
+    return (g + v0) * c0 / ((g + v1) * c1)
+
+
 def _rate_terms(R, K, sigma_b2, sigma_w2, c_u, c_d, overhead):
     return predicted_variance(R, K, sigma_b2, sigma_w2), overhead + cost(R, K, c_u, c_d)
 
@@ -103,9 +118,8 @@ def predicted_speedup(R: int, K: int, R_new: int, K_new: int, *, sigma_b2: float
     v1, c1 = _rate_terms(R_new, K_new, sigma_b2, sigma_w2, c_u, c_d, overhead)
     if v1 == 0 and g == 0:
         raise ValueError("sigma_b2, sigma_w2 and grad_sq_norm are all 0: nothing to predict")
-    speedup = (g + v0) * c0 / ((g + v1) * c1)
     ecm = v0 * c0 / (v1 * c1) if v1 > 0 else math.inf
-    return SpeedupPrediction(int(R_new), int(K_new), float(speedup), float(ecm),
+    return SpeedupPrediction(int(R_new), int(K_new), speedup(v0, c0, v1, c1, g), float(ecm),
                              math.inf if g == 0 else v1 / g)
 
 

@@ -42,7 +42,7 @@ from .allocation import (
 )
 from .distributions import PiecewiseDensity, pmf, tabulate_density, uniform_timesteps
 from .diagnostics import (Diagnosis, GradientMonitor, SpeedupPrediction, best_speedup, diagnose,
-                          gradient_sq_norm, noise_scale, predicted_speedup)
+                          gradient_sq_norm, noise_scale, predicted_speedup, speedup)
 from .estimator import (
     HierarchicalEstimate,
     VarianceComponents,
@@ -93,7 +93,7 @@ __all__ = [
     "Systematic", "apply_layout", "MonotoneSampler", "WorldStrata", "world_strata",
     "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
     "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
-    "SpeedupPrediction", "best_speedup", "gradient_sq_norm", "noise_scale", "predicted_speedup",
+    "SpeedupPrediction", "best_speedup", "gradient_sq_norm", "noise_scale", "predicted_speedup", "speedup",
     "Diagnosis", "GradientMonitor", "diagnose",
     "PiecewiseDensity", "pmf", "tabulate_density", "uniform_timesteps",
     "HierarchicalEstimate", "VarianceComponents", "Welford", "hierarchical_estimate",
@@ -159,6 +159,13 @@ from .threestudio import (  # noqa: E402
     ThreestudioGuidance,
 )
 from .renderers import Cameras, GridRenderer, orbit_cameras, random_cameras  # noqa: E402
+from .cameras import (  # noqa: E402
+    AntipodalPairs, CameraDraw, camera_uniforms, cameras_from_uniforms, draw_cameras,
+    orbit_from_parameters, sequence_uniforms, sobol_sequence,
+)
+from .control_variates import (  # noqa: E402
+    CellTable, UpstreamComponents, cell_index, per_view_gradients, replicated_components,
+)
 from .teachers import (  # noqa: E402
     NAN_POLICIES,
     PREDICTION_TYPES,
@@ -182,6 +189,9 @@ __all__ += [
     "teacher_resolution",
     "CFG_CONVENTIONS", "POSTERIORS", "FixedPrompt", "PromptProvider", "ThreestudioGuidance",
     "Cameras", "GridRenderer", "orbit_cameras", "random_cameras",
+    "AntipodalPairs", "camera_uniforms", "cameras_from_uniforms", "sequence_uniforms", "sobol_sequence",
+    "CameraDraw", "draw_cameras", "orbit_from_parameters", "CellTable", "UpstreamComponents", "cell_index",
+    "per_view_gradients", "replicated_components",
     "NAN_POLICIES", "PREDICTION_TYPES", "DiffusersTeacher", "GaussianMixtureTeacher", "Teacher",
     "check_finite",
 ]

@@ -1,7 +1,7 @@
 r"""Is variance the bottleneck of *this* run? The noise scale $\mathcal B = V/\lVert G\rVert^2$ and the predicted speed-up.
 
 The maths is :mod:`carv_core.diagnostics` (scalar host-side maths: the names
-:func:`noise_scale`, :func:`predicted_speedup`, :func:`best_speedup` *are* the core's).
+:func:`noise_scale`, :func:`speedup`, :func:`predicted_speedup`, :func:`best_speedup` *are* the core's).
 What only tensors need:
 
 - :func:`gradient_sq_norm` — the unbiased $\lVert G\rVert^2$ from $R \ge 2$ i.i.d. estimates on the device;
@@ -27,12 +27,12 @@ from typing import NamedTuple
 
 import torch
 
-from carv_core.diagnostics import SpeedupPrediction, best_speedup, noise_scale, predicted_speedup
+from carv_core.diagnostics import SpeedupPrediction, best_speedup, noise_scale, predicted_speedup, speedup
 
 from ._validation import as_int
 from .allocation import predicted_variance
 
-__all__ = ["SpeedupPrediction", "gradient_sq_norm", "noise_scale", "predicted_speedup", "best_speedup",
+__all__ = ["SpeedupPrediction", "gradient_sq_norm", "noise_scale", "speedup", "predicted_speedup", "best_speedup",
            "GradientMonitor", "Diagnosis", "diagnose"]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from carv_core.allocation import cost, predicted_variance
+from carv_core.diagnostics import speedup
 
 from .end_to_end import time_to_reach
 
@@ -52,7 +53,7 @@ def predictions(study: dict) -> list[dict]:
         c_b = f["overhead"] + cost(2, 1, f["c_u"], f["c_d"])
         c_c = f["overhead"] + cost(m["R"], m["K"], f["c_u"], f["c_d"])
         out.append({"label": c["label"], "step": c["step"], "grad_sq_norm": g, "noise_scale": v_b / g,
-                    "speedup": (g + v_b) * c_b / ((g + v_c) * c_c), "ecm_limit": v_b * c_b / (v_c * c_c),
+                    "speedup": speedup(v_b, c_b, v_c, c_c, g), "ecm_limit": v_b * c_b / (v_c * c_c),
                     "cost_ratio": c_b / c_c})
     return out
 

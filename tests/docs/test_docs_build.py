@@ -13,12 +13,13 @@ MATHJAX_SHA256 = "07d778f72536a46d33129bb012a41fcfdee79085042c79b7fbaeabf6dc4dac
 MATHS_PAGES = [
     "maths/notation", "maths/hierarchical", "maths/importance-sampling", "maths/stratification",
     "maths/variance-estimation", "maths/single-render-probes", "maths/figures-of-merit", "maths/not-the-bottleneck",
+    "maths/upstream",
 ]
 API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "world_designs", "sampling",
-               "breakpoints", "estimator", "allocation", "diagnostics", "testing"]
+               "breakpoints", "estimator", "allocation", "diagnostics", "testing", "upstream"]
 TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "proposal_rules", "sampling", "layouts",
                      "breakpoints", "estimator", "allocation", "diagnostics", "teachers", "mixture_teacher", "integrands", "inner", "objectives",
-                     "guidance", "guidance_config", "checkpoints", "distributed", "local_ranks", "threestudio", "prompts", "accounting", "probes", "renderers", "stable_diffusion"]
+                     "guidance", "guidance_config", "checkpoints", "distributed", "local_ranks", "threestudio", "prompts", "accounting", "probes", "renderers", "cameras", "control_variates", "stable_diffusion"]
 
 
 class _Loader(yaml.SafeLoader):
