@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)"
-	$(PY) -m pip install -q -e ".[torch,dev,docs]"
+	$(PY) -m pip install -q -e ".[torch,dev,docs,benchmarks]"
 	touch $(STAMP)
 
 test: $(STAMP) browser

@@ -69,18 +69,30 @@ class DistillSettings:
     checkpoints: tuple = field(default_factory=tuple)
 
 
-def distill(gen_model, real, fake, arm: Arm, sampler, *, steps: int, settings: DistillSettings, seed: int = 0,
-            on_checkpoint=None, progress=None) -> dict:
-    """``steps`` generator steps; calls ``on_checkpoint(step)`` at ``settings.checkpoints`` (before the step)."""
+def distill(gen_model, real, fake, arm: Arm, sampler, *, settings: DistillSettings, steps: int | None = None,
+            seconds: float | None = None, seed: int = 0, on_checkpoint=None, eval_every_s: float | None = None,
+            on_eval=None, progress=None) -> dict:
+    """Generator steps until ``steps`` steps or ``seconds`` of training time (evaluation excluded).
+
+    Calls ``on_checkpoint(step)`` at ``settings.checkpoints`` and ``on_eval(step, clock)`` at the
+    start, every ``eval_every_s`` seconds of training time and at the end (both before the step).
+    """
+    if steps is None and seconds is None:
+        raise ValueError("give steps or seconds (the training budget), got neither")
     gen = torch.Generator().manual_seed(seed)
     g_fake = torch.Generator().manual_seed(seed + 1)
     opt_g = torch.optim.Adam(gen_model.parameters(), lr=settings.gen_lr, betas=settings.betas)
     opt_f = torch.optim.Adam(fake.unet.parameters(), lr=settings.fake_lr, betas=settings.betas)
     times, fake_losses = [], []
-    for step in range(steps + 1):
+    step, clock, next_eval = 0, 0.0, 0.0
+    while True:
+        done = (steps is not None and step >= steps) or (seconds is not None and clock >= seconds)
         if step in settings.checkpoints and on_checkpoint is not None:
             on_checkpoint(step)
-        if step == steps:
+        if on_eval is not None and (done or clock >= next_eval):
+            on_eval(step, clock)
+            next_eval = clock + eval_every_s if eval_every_s else float("inf")
+        if done:
             break
         t0 = time.perf_counter()
         fake.unet.requires_grad_(False)
@@ -92,8 +104,12 @@ def distill(gen_model, real, fake, arm: Arm, sampler, *, steps: int, settings: D
             with torch.no_grad():
                 x0 = gen_model(torch.randn(settings.fake_batch, 1, 8, 8, generator=g_fake))
             fake_losses.append(fake_update(fake, opt_f, x0, g_fake))
-        times.append(time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        clock += dt
+        step += 1
         if progress is not None:
-            progress(step + 1, fake_losses[-1])
+            progress(step if steps is not None else clock, fake_losses[-1])
     fake.unet.requires_grad_(False)
-    return {"step_seconds": sorted(times)[len(times) // 2] if times else float("nan"), "fake_loss": fake_losses}
+    return {"steps": step, "train_seconds": clock,
+            "step_seconds": sorted(times)[len(times) // 2] if times else float("nan"), "fake_loss": fake_losses}

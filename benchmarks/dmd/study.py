@@ -30,40 +30,29 @@ import torch
 from ..text_to_3d.pipeline import Progress, oracle_from_draws
 from ..timing import median_seconds
 from .distill import Arm, DistillSettings, distill, sampler_for
-from .mixture import fit_mixture, log_prob, real_teacher
+from .end_to_end import end_to_end, predicted_speedups, speedups
+from .mixture import fit_mixture, real_teacher
+from .quality import METRICS, quality
 from .networks import OneStepGenerator, fake_teacher, make_scheduler, make_unet, pretrain
 from .report import write_page
+from .teacher import WEIGHTS_DIR, load_denoiser, score_error
 from .variance import measure_arms, pilot_second_moment
 
-__all__ = ["SIZES", "arms_for", "quality", "measure_costs", "run_study", "main"]
+__all__ = ["SIZES", "arms_for", "measure_costs", "run_study", "main"]
 
 HERE = Path(__file__).resolve().parent
-SIZES = {"full": dict(pretrain_steps=1500, steps=300, reps=64, pilot=8, quality_n=2000),
-         "quick": dict(pretrain_steps=300, steps=40, reps=16, pilot=4, quality_n=500),
-         "smoke": dict(pretrain_steps=3, steps=2, reps=3, pilot=1, quality_n=50)}
+SIZES = {"full": dict(pretrain_steps=1500, steps=300, reps=64, pilot=8, quality_n=2000,
+                      e2e_steps=300, e2e_seeds=(0, 1, 2), ablation_ratios=(1, 10), ablation_seeds=(0, 1)),
+         "quick": dict(pretrain_steps=300, steps=40, reps=16, pilot=4, quality_n=500,
+                       e2e_steps=40, e2e_seeds=(0, 1), ablation_ratios=(1,), ablation_seeds=(0,)),
+         "smoke": dict(pretrain_steps=3, steps=2, reps=3, pilot=1, quality_n=50,
+                       e2e_steps=2, e2e_seeds=(0, 1), ablation_ratios=(1,), ablation_seeds=(0, 1))}
 
 
 def arms_for(R_eq: int) -> list[Arm]:
     return [Arm("(8, 1) iid", 8, 1), Arm("(8, 16) iid", 8, 16), Arm("(8, 16) stratified", 8, 16, "stratified"),
             Arm("(8, 16) IS + stratified", 8, 16, "stratified", "oracle"),
             Arm(f"({R_eq}, 1) iid, equal compute", R_eq, 1)]
-
-
-def quality(gen_model, mix, n: int, generator: torch.Generator) -> dict:
-    r"""Exact mean $\log p^\star$ of $n$ samples and the TV between their component histogram and $\pi$."""
-    with torch.no_grad():
-        x = gen_model(torch.randn(n, 1, 8, 8, generator=generator))
-    lp, gamma = log_prob(mix, x)
-    hist = torch.bincount(gamma.argmax(1), minlength=mix.weights.shape[0]).double() / n
-    ref, _ = log_prob(mix, _p_star_samples(mix, n, generator))
-    return {"mean_log_p": float(lp.mean()), "mean_log_p_se": float(lp.std() / math.sqrt(n)),
-            "p_star_mean_log_p": float(ref.mean()), "mode_tv": float(0.5 * (hist - mix.weights).abs().sum())}
-
-
-def _p_star_samples(mix, n, generator):
-    from .mixture import sample
-
-    return sample(mix, n, generator)[0]
 
 
 def measure_costs(gen_model, real, fake, *, repeats: int = 7) -> tuple[float, float]:
@@ -93,11 +82,20 @@ def run_study(size: str = "full", out: Path = HERE / "results", *, seed: int = 0
     mix = fit_mixture(seed=seed)
     sched = make_scheduler()
     abar = sched.alphas_cumprod.to(torch.float64)
-    unet = make_unet(seed)
-    bar = Progress(sz["pretrain_steps"], "pre-training the denoiser on p*", unit=" steps", enabled=progress)
-    pre = pretrain(unet, mix, abar, steps=sz["pretrain_steps"], seed=seed,
-                   progress=lambda i, loss: bar.update(i, f"loss {loss:.3f}"))
-    bar.close()
+    shipped = load_denoiser() if (size == "full" and seed == 0) else None
+    if shipped is not None:       # the shipped teacher: trained by .teacher with this size's settings
+        unet = shipped
+        log = json.loads((WEIGHTS_DIR / "training_log.json").read_text())
+        pre = {"seconds": log["seconds"], "loss": [log["final_loss"]], "source": "shipped weights",
+               "score_error": log["score_error"]}
+    else:
+        unet = make_unet(seed)
+        bar = Progress(sz["pretrain_steps"], "pre-training the denoiser on p*", unit=" steps", enabled=progress)
+        pre = pretrain(unet, mix, abar, steps=sz["pretrain_steps"], seed=seed,
+                       progress=lambda i, loss: bar.update(i, f"loss {loss:.3f}"))
+        pre["source"] = "trained in this run"
+        pre["score_error"] = score_error(unet, mix, abar)
+        bar.close()
     real, fake = real_teacher(mix, abar), fake_teacher(unet, sched)
     gen_model = OneStepGenerator(unet, abar)
     c_u, c_d = measure_costs(gen_model, real, fake)
@@ -132,11 +130,32 @@ def run_study(size: str = "full", out: Path = HERE / "results", *, seed: int = 0
                   settings=DistillSettings(checkpoints=checkpoints), seed=seed, on_checkpoint=at_checkpoint,
                   progress=lambda i, loss: db.update(i, f"fake loss {loss:.3f}"))
     db.close()
+    # End to end: the baseline, stratified and equal-compute arms at equal wall-clock; the ratio ablation.
+    e2e_arms = [arms[0], arms[2], arms[4]]
+    n_runs = len(sz["e2e_seeds"]) * len(e2e_arms) + 2 * len(sz["ablation_ratios"]) * len(sz["ablation_seeds"])
+    eb = Progress(n_runs, "DMD end to end", unit=" runs", enabled=progress)
+    done = []
+    e2e = end_to_end(unet, sched, mix, e2e_arms, seeds=sz["e2e_seeds"], steps=sz["e2e_steps"],
+                     settings=DistillSettings(), q_oracle=q_oracle, n_quality=sz["quality_n"],
+                     progress=lambda i: eb.update(i))
+    done += e2e["runs"]
+    ablation = {}
+    for ratio in sz["ablation_ratios"]:
+        ablation[str(ratio)] = end_to_end(unet, sched, mix, [arms[0], arms[2]], seeds=sz["ablation_seeds"],
+                                          steps=sz["e2e_steps"], settings=DistillSettings(fake_ratio=ratio),
+                                          q_oracle=q_oracle, n_quality=sz["quality_n"],
+                                          progress=lambda i, n=len(done): eb.update(n + i))
+        done += ablation[str(ratio)]["runs"]
+    eb.close()
+    e2e["predicted"] = predicted_speedups(records, run["step_seconds"], arms[0].name, arms[2].name)
+    e2e["measured"] = {m: speedups(e2e["runs"], arms[0].name, arms[2].name, m) for m in METRICS}
     rec = {"size": size, "seed": seed, "threads": torch.get_num_threads(), "c_u": c_u, "c_d": c_d, "R_eq": R_eq,
-           "pretrain": {"steps": sz["pretrain_steps"], "seconds": pre["seconds"],
+           "pretrain": {"steps": sz["pretrain_steps"], "seconds": pre["seconds"], "source": pre["source"],
+                        "score_error": pre["score_error"],
                         "final_loss": sum(pre["loss"][-50:]) / len(pre["loss"][-50:])},
            "distill": {"steps": steps, "step_seconds": run["step_seconds"], "fake_ratio": DistillSettings().fake_ratio},
-           "checkpoints": records, "seconds_total": time.perf_counter() - t_start}
+           "checkpoints": records, "end_to_end": e2e, "ablation": ablation,
+           "seconds_total": time.perf_counter() - t_start}
     (out / "study.json").write_text(json.dumps(rec, indent=1) + "\n")
     if docs:
         write_page(rec, HERE.parents[1] / "docs" / "benchmarks" / "dmd.md")

@@ -81,5 +81,64 @@ def test_run_study_smoke(tmp_path):
         assert all(a["variance_ratio"] > 0 and a["trace_cov"] > 0 for a in c["arms"])
         assert set(c["quality"]) >= {"mean_log_p", "mode_tv"}
     assert saved["R_eq"] >= 9
+    e2e = saved["end_to_end"]
+    base = [r for r in e2e["runs"] if r["arm"] == "(8, 1) iid"]
+    other = [r for r in e2e["runs"] if r["arm"] != "(8, 1) iid"]
+    assert len(base) == 2 and len(other) == 4 and all(r["steps"] == 2 for r in base)
+    costs = e2e["step_costs"]
+    for r in e2e["runs"]:   # equal compute: steps x (interleaved) step cost = the baseline's 2 steps
+        assert r["steps"] == e2e["steps"][r["arm"]] == max(1, round(2 * costs["(8, 1) iid"] / costs[r["arm"]]))
+        assert r["curve"][-1]["seconds"] == pytest.approx(r["steps"] * costs[r["arm"]])
+    assert set(e2e["summary"]["(8, 16) stratified"]["frechet"]) >= {"mean", "diff", "diff_lo", "diff_hi"}
+    assert len(e2e["predicted"]) == 3 and set(e2e["measured"]) == {"mean_log_p", "mode_tv", "frechet", "sliced_w"}
+    assert set(saved["ablation"]) == {"1"}
     page = study.write_page.__globals__["render_page"](saved)
     assert "variance ratio over (8, 1)" in page and "python -m benchmarks.dmd.study" in page
+    assert "End to end: quality at equal compute" in page and "Ratio 1:" in page
+
+
+def test_frechet_of_diagonal_gaussians_is_the_closed_form():
+    from benchmarks.dmd.quality import frechet
+
+    a, b = np.array([0.5, 2.0, 1.0]), np.array([1.5, 0.5, 1.0])
+    mu, mu_s = np.array([0.0, 1.0, -1.0]), np.array([0.5, 1.0, 0.0])
+    want = ((mu - mu_s) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet(mu, np.diag(a), mu_s, np.diag(b)) == pytest.approx(want, rel=1e-10)
+    assert frechet(mu, np.diag(a), mu, np.diag(a)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_quality_of_p_star_itself_is_near_perfect(mix):
+    from benchmarks.dmd.quality import quality
+
+    class Exact(torch.nn.Module):   # a "generator" that returns exact p* samples
+        def forward(self, z):
+            return mixture.sample(mix, z.shape[0], torch.Generator().manual_seed(9))[0]
+
+    q = quality(Exact(), mix, 4000, torch.Generator().manual_seed(2))
+    assert abs(q["mean_log_p"] - q["p_star_mean_log_p"]) < 4 * q["mean_log_p_se"] * 2 ** 0.5
+    assert q["mode_tv"] < 0.08 and q["frechet"] < 0.5
+
+
+def test_paired_summary():
+    from benchmarks.dmd.end_to_end import paired_summary
+
+    def run(arm, seed, v):
+        return {"arm": arm, "seed": seed, "curve": [{"mean_log_p": v, "mode_tv": 0.1, "frechet": 1.0, "sliced_w": 0.2}]}
+
+    runs = [run("b", 0, 1.0), run("b", 1, 2.0), run("c", 0, 2.0), run("c", 1, 4.0)]
+    s = paired_summary(runs, "b")
+    assert s["b"]["mean_log_p"]["mean"] == 1.5 and "diff" not in s["b"]["mean_log_p"]
+    d = s["c"]["mean_log_p"]          # differences 1 and 2: mean 1.5, sd 0.707, t(0.975, 1) = 12.706
+    assert d["diff"] == 1.5 and d["diff_hi"] - d["diff"] == pytest.approx(12.706 * 0.7071 / 2 ** 0.5, rel=1e-3)
+
+
+def test_speedups_of_a_twice_as_fast_arm():
+    from benchmarks.dmd.end_to_end import speedups
+
+    def curve(rate):   # frechet falls linearly from 10 at `rate` per second; mean_log_p flat
+        return [{"seconds": s, "frechet": 10.0 - rate * s, "mean_log_p": 1.0} for s in range(0, 11, 2)]
+
+    runs = [{"arm": a, "seed": s, "curve": curve(r)} for s in (0, 1) for a, r in (("b", 0.5), ("c", 1.0))]
+    got = speedups(runs, "b", "c", "frechet")
+    assert got["0.5"]["median"] == pytest.approx(2.0) and got["0.9"]["values"] == pytest.approx([2.0, 2.0])
+    assert speedups(runs, "b", "c", "mean_log_p")["0.5"]["values"] == []   # no gain to reach
