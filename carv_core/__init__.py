@@ -25,6 +25,7 @@ from .diagnostics import SpeedupPrediction, best_speedup, gradient_sq_norm, nois
 from .upstream import AntipodalPairs, camera_uniforms, cameras_from_uniforms, sequence_uniforms, sobol_sequence
 from .breakpoints import BreakpointSampler, call_transform, find_breakpoints, tabulate
 from .world_designs import WorldStrata, world_strata
+from .quadrature import FixedGrid
 from .designs import (
     IID,
     Antithetic,
@@ -89,7 +90,7 @@ __all__ = [
     "AdaptiveProposal", "defensive_mixture", "importance_weights", "oracle_proposal",
     "weight_heuristic",
     "BreakpointSampler", "call_transform", "find_breakpoints", "tabulate",
-    "IID", "Antithetic", "Design", "GlobalStrata", "WorldStrata", "world_strata", "Layout", "PermutedStrata", "Sobol", "Stratified",
+    "IID", "Antithetic", "Design", "FixedGrid", "GlobalStrata", "WorldStrata", "world_strata", "Layout", "PermutedStrata", "Sobol", "Stratified",
     "Systematic", "apply_layout", "as_design",
     "DESIGNS", "InverseCDFSampler", "MonotoneSampler", "TimestepDraw", "cdf_from_pmf", "continuous_from_uniforms",
     "draw_uniforms", "gaussian_noise", "inverse_cdf", "stratify", "stratum_pmfs",

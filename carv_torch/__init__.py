@@ -24,6 +24,7 @@ from carv_core.designs import (
     apply_layout,
 )
 from carv_core.sampling import MonotoneSampler
+from carv_core.quadrature import FixedGrid
 from carv_core.world_designs import WorldStrata, world_strata
 
 from ._validation import is_validating, set_validate_args
@@ -90,7 +91,7 @@ __all__ = [
     # parity layer: the names of carv_core.__all__ (designs are backend-agnostic objects,
     # shared as they are: their integer layouts are applied on the device)
     "IID", "Antithetic", "GlobalStrata", "Layout", "PermutedStrata", "Sobol", "Stratified",
-    "Systematic", "apply_layout", "MonotoneSampler", "WorldStrata", "world_strata",
+    "Systematic", "FixedGrid", "apply_layout", "MonotoneSampler", "WorldStrata", "world_strata",
     "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
     "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
     "SpeedupPrediction", "best_speedup", "gradient_sq_norm", "noise_scale", "predicted_speedup", "speedup",

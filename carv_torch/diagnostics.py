@@ -82,10 +82,12 @@ class GradientMonitor:
     def update(self) -> float:
         r"""Record this step's $\hat G$; returns $\hat G_s\cdot\hat G_{s-1}$ (``nan`` on the first call)."""
         g = self._flat()
-        if not bool(torch.isfinite(g).all()):
+        # One host sync: |g|^2 (finite iff every entry is, in float64) and g . g_prev together.
+        terms = [g @ g] if self._previous is None else [g @ g, g @ self._previous]
+        sq_norm, product = (torch.stack(terms).tolist() + [float("nan")])[:2]
+        if not math.isfinite(sq_norm):
             raise ValueError("the parameters' gradients are not finite; GradientMonitor.update was not applied")
-        product = float("nan") if self._previous is None else float(g @ self._previous)
-        self._sq_norms.append(float(g @ g))
+        self._sq_norms.append(sq_norm)
         if product == product:
             self._products.append(product)
         self._previous = g

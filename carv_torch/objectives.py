@@ -22,7 +22,7 @@ Integrands, with $x_t = \alpha_t x + \sigma_t\epsilon$ and the teacher's $\bar\a
 |---|---|
 | :func:`sds` | $w(t)\,\alpha_t\,(\hat\epsilon(x_t, t, y) - \epsilon)$; ``include_alpha=False`` drops $\alpha_t$ (threestudio) |
 | :func:`dmd` | $w(t)\,(\hat\epsilon_{\rm real}(x_t, t, y) - \hat\epsilon_{\rm fake}(x_t, t))$ |
-| :func:`attribution` | $\nabla_\phi\, w(t)\,\tfrac1D\lVert\hat\epsilon_\phi(x_t, t, y) - \epsilon\rVert^2$ (features, not a gradient in $x$) |
+| :func:`attribution` | $\nabla_\phi\, w(t)\,\tfrac1D\lVert\hat\epsilon_\phi(x_t, t, y) - \epsilon\rVert^2$ (features, not a gradient in $x$; in :mod:`carv_torch.attribution_features`, re-exported here) |
 
 DMD sign: the KL gradient is $\mathbb E[(s_{\rm fake} - s_{\rm real})(x_t)\,\alpha_t\,\partial x/\partial\theta]$
 and $s = -\hat\epsilon/\sigma_t$, so $s_{\rm fake} - s_{\rm real} = (\hat\epsilon_{\rm real} - \hat\epsilon_{\rm fake})/\sigma_t$:
@@ -57,11 +57,11 @@ from typing import Any, NamedTuple
 import torch
 
 from ._validation import check_finite, describe
+from .attribution_features import AttributionEstimate, attribution
 from .estimator import _anova, _between, _hierarchical
 from .inner import (InnerDraws, _expand, _noisy, _per_draw, check_draw_values, draw_inner,
                     resolve_sampler, restoring)
-from .integrands import (DMD, SDS, Integrand, Objective, Weighting, _finite, _predict, _teacher_abar,
-                         _weight_table)
+from .integrands import DMD, SDS, Integrand, Objective, Weighting
 
 __all__ = [
     "InnerDraws",
@@ -109,23 +109,6 @@ class GradientEstimate(NamedTuple):
     components: Any
     K: int
     values: Any = None
-
-
-class AttributionEstimate(NamedTuple):
-    r"""Per-example features $\phi_r = \nabla_\phi \frac1K\sum_k \tilde w_{rk}\,\ell_{rk}$.
-
-    Attributes:
-        features: ``(R, P)``, $P$ the total number of entries of ``params``.
-        losses: $\ell_{rk}$ (unweighted, detached), ``(R, K)``.
-        t, w: ``(R, K)``; identical rows under common random numbers.
-        K: inner draws per example.
-    """
-
-    features: torch.Tensor
-    losses: torch.Tensor
-    t: torch.Tensor
-    w: torch.Tensor
-    K: int
 
 
 def _check_upstream(name: str, x) -> None:
@@ -286,63 +269,3 @@ def dmd(real, fake, x: torch.Tensor, *, K: int, p=None, q=None, design="stratifi
     return estimate(objective, x, K=K, sampler=sampler, p=p, q=q, design=design,
                     antithetic=antithetic, generator=generator, condition=condition,
                     uncond=uncond, fake_condition=fake_condition)
-
-
-def attribution(teacher, x0: torch.Tensor, params, *, K: int, p=None, q=None,
-                design="stratified", sampler=None, weighting: Weighting = "uniform", condition=None,
-                common_random_numbers: bool = False, antithetic: bool = False,
-                generator=None) -> AttributionEstimate:
-    r"""Per-example diffusion-loss gradient features $\phi_r = \frac1K\sum_k \tilde w_{rk}\nabla_\phi\ell(x_{0,r}, t_{rk}, \epsilon_{rk})$.
-
-    $\ell = w(t)\,\frac1D\lVert\hat\epsilon_\phi(\alpha_t x_0 + \sigma_t\epsilon, t, y) - \epsilon\rVert^2$
-    (the training loss, $D$ entries per example). The $K$ losses of an example
-    are averaged before its one backward pass. With ``common_random_numbers``
-    every example sees the same $(t_k, \epsilon_k)$, so differences between
-    examples' features carry less noise.
-
-    Args:
-        teacher: a teacher differentiable in ``params`` (not frozen).
-        x0: examples ``(R, C, H, W)``.
-        params: tensors requiring grad (e.g. ``list(unet.parameters())``).
-        p, q, design, sampler: as in :func:`sds`.
-        condition: per example (leading dim 1 or ``R``), or ``None``.
-    """
-    _check_upstream("x0", x0)
-    if isinstance(params, torch.Tensor):
-        params = [params]
-    try:
-        params = list(params)
-    except TypeError:
-        raise TypeError(f"params must be an iterable of tensors that require grad (e.g. "
-                        f"list(unet.parameters())), got {describe(params)} ({type(params).__name__})") from None
-    if not params or not all(isinstance(v, torch.Tensor) and v.requires_grad for v in params):
-        raise ValueError("params must be a non-empty list of tensors that require grad")
-    abar = _teacher_abar(teacher)
-    sampler = resolve_sampler(sampler, p, q, design, n_timesteps=abar.shape[0], device=x0.device)
-    with restoring(generator, x0.device):  # failure-atomic, as estimate
-        return _attribution(teacher, x0, params, K, sampler, weighting, condition,
-                            common_random_numbers, antithetic, generator, abar)
-
-
-def _attribution(teacher, x0, params, K, sampler, weighting, condition, common, antithetic,
-                 generator, abar) -> AttributionEstimate:
-    R = x0.shape[0]
-    draws = draw_inner(R, K, x0.shape[1:], sampler=sampler, antithetic=antithetic,
-                       common=common, generator=generator, device=x0.device, dtype=x0.dtype)
-    table = _weight_table(weighting, abar, include_alpha=False).to(x0.device)
-    feats, losses = [], []
-    for r in range(R):
-        one = InnerDraws(draws.t[r:r + 1], draws.w[r:r + 1], draws.eps[r:r + 1])
-        x_t, t = _noisy(x0[r:r + 1], one, abar)
-        cond = None if condition is None else _per_draw(condition, R, K, "condition")
-        if isinstance(cond, torch.Tensor) and cond.shape[0] == R * K:
-            cond = cond[r * K:(r + 1) * K]
-        eps_hat, = _finite(t, ("teacher.predict_noise", _predict(teacher, "teacher", x_t, t, cond),
-                               teacher))
-        eps_hat = eps_hat.reshape(one.eps.shape)
-        # 1. per-draw losses, 2. importance-weighted mean over K, 3. one backward.
-        ell = table[one.t].to(x0.dtype) * (eps_hat - one.eps).pow(2).flatten(2).mean(-1)
-        grads = torch.autograd.grad((one.w.to(ell.dtype) * ell).mean(), params)
-        feats.append(torch.cat([g.reshape(-1) for g in grads]))
-        losses.append(ell.detach()[0])
-    return AttributionEstimate(torch.stack(feats), torch.stack(losses), draws.t, draws.w, K)

@@ -21,6 +21,7 @@ import torch
 
 from carv_torch import DiffusersTeacher
 
+from ..denoising import denoising_loss
 from .mixture import Mixture, sample
 
 __all__ = ["T_STAR", "make_scheduler", "make_unet", "pretrain", "OneStepGenerator", "fake_teacher"]
@@ -47,14 +48,6 @@ def make_unet(seed: int = 0):
                        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
 
 
-def _denoising_loss(unet, x0, abar, generator):
-    t = torch.randint(0, abar.shape[0], (x0.shape[0],), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
-    a = abar[t].float().view(-1, 1, 1, 1)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    return (unet(x_t, t).sample - eps).pow(2).mean()
-
-
 def pretrain(unet, mix: Mixture, abar: torch.Tensor, *, steps: int, batch: int = 256, lr: float = 2e-3,
              seed: int = 0, progress=None) -> dict:
     """Denoising pre-training on fresh $p^\\star$ samples; returns ``{"loss": [...], "seconds": s}``."""
@@ -63,7 +56,7 @@ def pretrain(unet, mix: Mixture, abar: torch.Tensor, *, steps: int, batch: int =
     losses, t0 = [], time.perf_counter()
     for i in range(steps):
         x0, _ = sample(mix, batch, gen)
-        loss = _denoising_loss(unet, x0, abar, gen)
+        loss = denoising_loss(unet, x0, abar, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -94,7 +87,7 @@ def fake_teacher(unet, scheduler) -> DiffusersTeacher:
 
 def fake_update(fake: DiffusersTeacher, opt, x0: torch.Tensor, generator: torch.Generator) -> float:
     """One denoising step of the fake score on detached generator samples ``x0``."""
-    loss = _denoising_loss(fake.unet, x0.detach(), fake.alphas_cumprod, generator)
+    loss = denoising_loss(fake.unet, x0.detach(), fake.alphas_cumprod, generator)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

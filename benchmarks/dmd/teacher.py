@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..text_to_3d.teacher import sha256, verify_checksums
+from ..checksums import verify_checksums as _verify, write_checksums
 from .mixture import Mixture, fit_mixture, real_teacher, sample
 from .networks import make_scheduler, make_unet, pretrain
 
@@ -45,8 +45,13 @@ def train_denoiser(steps: int = 1500, seed: int = 0, out: Path = WEIGHTS_DIR, th
               "final_loss": sum(log["loss"][-50:]) / min(50, len(log["loss"])),
               "score_error": score_error(unet, mix, sched.alphas_cumprod.to(torch.float64))}
     (out / FILES[1]).write_text(json.dumps(record, indent=1) + "\n")
-    (out / "SHA256SUMS").write_text("".join(f"{sha256(out / n)}  {n}\n" for n in FILES))
+    write_checksums(out, FILES)
     return record
+
+
+def verify_checksums(folder: Path = WEIGHTS_DIR) -> dict[str, str]:
+    """Check the denoiser's ``SHA256SUMS``; see :func:`benchmarks.checksums.verify_checksums`."""
+    return _verify(folder, "python -m benchmarks.dmd.teacher")
 
 
 def load_denoiser(folder: Path = WEIGHTS_DIR):

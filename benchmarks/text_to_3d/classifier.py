@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..figures import image_strips
 from .scenes import N_PROMPTS, PROMPTS, heldout_views, render_views
 
 __all__ = [
@@ -152,23 +153,6 @@ def heldout_set(generator: torch.Generator, n_random: int = 64) -> tuple[torch.T
     return torch.cat(xs), torch.cat(ys)
 
 
-def _save_grid(rows: list[torch.Tensor], path: Path, titles: list[str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * rows[0].shape[0], 1.35 * len(rows)))
-    for ax, row, title in zip(axes, rows, titles):
-        ax.imshow(torch.cat(list(row.permute(0, 2, 3, 1)), dim=1).numpy().clip(0, 1))
-        ax.set_title(title, fontsize=9, loc="left")
-        ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def evaluate_teacher(n_per_prompt: int = 32, *, steps: int = 50, guidance_scale: float | None = None,
                      seed: int = 0, weights_dir=None, out_dir: str | Path | None = None) -> dict:
     """Sample, decode and classify ``n_per_prompt`` teacher images per prompt; write the grid and JSON.
@@ -212,7 +196,7 @@ def evaluate_teacher(n_per_prompt: int = 32, *, steps: int = 50, guidance_scale:
     rec = [v["recognised"] for v in record["prompts"].values()]
     record["recognised_overall"] = sum(rec) / len(rec)
     record["recognised_min"] = min(rec)
-    _save_grid(rows, out / "teacher_samples.png", titles)
+    image_strips(rows, out / "teacher_samples.png", titles, fontsize=9, width_per_image=1.1)
     (out / "teacher_eval.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 

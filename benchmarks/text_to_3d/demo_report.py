@@ -17,7 +17,8 @@ import torch
 
 from .end_to_end import time_to_reach
 from .pipeline import BASELINE
-from .report import _jsonable, _plt, image_strips
+from ..figures import pyplot
+from .report import _jsonable, image_strips
 from .scenes import PROMPTS
 
 __all__ = ["DemoSummary", "first_reach", "what_you_should_see", "write_report"]
@@ -66,7 +67,7 @@ def _figures(out: Path, runs, snaps, ref, rows) -> list[str]:
         pick = np.linspace(0, len(snaps[n]) - 1, min(5, len(snaps[n]))).round().astype(int)
         image_strips([snaps[n][i][1] for i in pick], out / f"renders_{tag}_progress.png",
                      [f"{n}: t = {snaps[n][i][0]:.0f} s" for i in pick])
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.1))
     for ax, col, label in zip(axes, (2, 3, 4), ("PSNR (dB)", "mask IoU", "p(prompt)")):
         for n, r in runs.items():

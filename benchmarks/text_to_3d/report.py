@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..figures import image_strips, pyplot  # noqa: F401 (image_strips re-exported)
 from .pipeline import BASELINE
 from .scenes import PROMPTS
 
@@ -41,29 +42,6 @@ def _jsonable(x):
 # --------------------------------------------------------------------------- figures and page
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def image_strips(rows, path: Path, titles, *, fontsize: int = 8, width_per_image: float = 1.2) -> None:
-    """One horizontal strip of ``(n, 3, H, W)`` images per row, titled, saved as a PNG."""
-    plt = _plt()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(width_per_image * rows[0].shape[0], 1.45 * len(rows)),
-                             squeeze=False)
-    for ax, row, title in zip(axes[:, 0], rows, titles):
-        ax.imshow(torch.cat(list(row.permute(0, 2, 3, 1)), dim=1).numpy().clip(0, 1))
-        ax.set_title(title, fontsize=fontsize, loc="left")
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _render_grid(renders: dict, names: list[str], path: Path, views=(0, 2, 4, 6)):
     rows, titles = [], []
     for k, d in renders.items():
@@ -76,7 +54,7 @@ def _render_grid(renders: dict, names: list[str], path: Path, views=(0, 2, 4, 6)
 
 def make_figures(rec: dict, out: Path) -> list[str]:
     """Variance vs compute, ECM vs K, ECM vs c_u/c_d, quality vs wall-clock; returns file names."""
-    plt = _plt()
+    plt = pyplot()
     names = []
     cks = rec.get("checkpoints", [])
     if cks:

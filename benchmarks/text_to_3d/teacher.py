@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -43,6 +42,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel
 from carv_torch.teachers import DiffusersTeacher
 
 from ..timing import median_seconds
+from ..checksums import sha256, verify_checksums as _verify
 from .scenes import N_PROMPTS, check_scene_index
 
 __all__ = [
@@ -221,29 +221,9 @@ def ddim_sample(teacher: DiffusersTeacher, prompt_index: int, n: int, generator:
     return z
 
 
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def verify_checksums(folder: str | Path | None = None) -> dict[str, str]:
-    """Check every file listed in ``folder/SHA256SUMS``; raise ``ValueError`` naming mismatches.
-
-    Returns the ``{file name: digest}`` map that was verified.
-    """
-    folder = WEIGHTS_DIR if folder is None else Path(folder)
-    listed = {}
-    for line in (folder / "SHA256SUMS").read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            listed[name.strip().lstrip("*")] = digest
-    bad = {name: (digest, sha256(folder / name) if (folder / name).exists() else "missing")
-           for name, digest in listed.items()
-           if not (folder / name).exists() or sha256(folder / name) != digest}
-    if bad:
-        raise ValueError(f"checksum mismatch in {folder} (listed, actual): {bad}; retrain with "
-                         "`python -m benchmarks.text_to_3d.train_teacher` or restore the files")
-    return listed
+    """Check the teacher's ``SHA256SUMS`` (default: the shipped weights); see :func:`benchmarks.checksums.verify_checksums`."""
+    return _verify(WEIGHTS_DIR if folder is None else folder, "python -m benchmarks.text_to_3d.train_teacher")
 
 
 class TeacherCosts(NamedTuple):

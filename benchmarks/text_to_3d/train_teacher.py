@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checksums import write_checksums
 from .classifier import CLASSIFIER_CONFIG, accuracy, grey, heldout_set, train_classifier
 from .scenes import N_PROMPTS, PROMPTS, render_views
 from .teacher import (NULL_LABEL, SCHEDULER_CONFIG, UNET_CONFIG, VAE_CONFIG, WEIGHTS_DIR, build_scheduler,
-                      build_unet, build_vae, sha256)
+                      build_unet, build_vae)
 
 __all__ = ["render_dataset", "train_vae", "encode_dataset", "reconstruct", "train_unet", "main"]
 
@@ -226,7 +227,7 @@ def main(argv=None):
     log["torch_version"] = torch.__version__
     (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
     names = ["vae.safetensors", "unet.safetensors", "classifier.safetensors", *configs]
-    (out / "SHA256SUMS").write_text("".join(f"{sha256(out / n)}  {n}\n" for n in names))
+    write_checksums(out, names)
     size = sum((out / n).stat().st_size for n in names)
     print(f"done in {log['seconds']['total'] / 60:.1f} min; {size / 1e6:.2f} MB written to {out}",
           flush=True)

@@ -21,6 +21,7 @@ from carv_torch import sds, uniform_timesteps
 
 from .nerf import flat_grad, upstream
 from .pipeline import BASELINE, T_RANGE, Method, Progress, gradient_step, make_guidance
+from ..measure import ecm_estimate
 from .scenes import sample_cameras
 from .teacher import null_condition, teacher_condition
 
@@ -145,10 +146,9 @@ def ecm_table(rows: list[dict]) -> list[dict]:
     """Add ``ecm``, ``ecm_se`` (variance part only) and ``re`` to each row (baseline = first row)."""
     base = rows[0]
     by_name = {r["name"]: r for r in rows}
-    rel_b = base["mse_se"] / base["mse"]
     for r in rows:
-        r["ecm"] = (base["mse"] * base["cost"]) / (r["mse"] * r["cost"])
-        r["ecm_se"] = r["ecm"] * math.sqrt(rel_b**2 + (r["mse_se"] / r["mse"]) ** 2)
+        r["ecm"], r["ecm_se"] = ecm_estimate(base["mse"], base["mse_se"], base["cost"],
+                                             r["mse"], r["mse_se"], r["cost"])
         twin = by_name.get(_uniform_twin(Method(r["name"], r["R"], r["K"])) or "")
         r["re"] = twin["mse"] / r["mse"] if twin is not None else float("nan")
     return rows

@@ -9,7 +9,7 @@ pytest.importorskip("sklearn")
 
 from benchmarks.dmd import mixture, teacher  # noqa: E402
 from benchmarks.dmd.networks import make_scheduler, make_unet  # noqa: E402
-from benchmarks.text_to_3d.teacher import sha256  # noqa: E402
+from benchmarks.checksums import sha256  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

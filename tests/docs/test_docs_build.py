@@ -15,11 +15,11 @@ MATHS_PAGES = [
     "maths/variance-estimation", "maths/single-render-probes", "maths/figures-of-merit", "maths/not-the-bottleneck",
     "maths/upstream",
 ]
-API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "world_designs", "sampling",
+API_MODULES = ["schedules", "weighting", "distributions", "proposals", "designs", "world_designs", "quadrature", "sampling",
                "breakpoints", "estimator", "allocation", "diagnostics", "testing", "upstream"]
 TORCH_API_MODULES = ["schedules", "weighting", "distributions", "proposals", "proposal_rules", "sampling", "layouts",
                      "breakpoints", "estimator", "allocation", "diagnostics", "teachers", "mixture_teacher", "integrands", "inner", "objectives",
-                     "guidance", "guidance_config", "checkpoints", "distributed", "local_ranks", "threestudio", "prompts", "accounting", "probes", "renderers", "cameras", "control_variates", "stable_diffusion"]
+                     "guidance", "guidance_config", "checkpoints", "distributed", "local_ranks", "threestudio", "prompts", "accounting", "probes", "renderers", "cameras", "control_variates", "attribution_features", "stable_diffusion"]
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,0 +1,222 @@
+r"""The attribution study's report: figures (PNG) and the docs page, generated from ``results/study.json``.
+
+    python -m benchmarks.attribution.report            # figures in results/, page docs/benchmarks/attribution.md
+
+Nothing on the page is typed: every number is read from the results file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+from benchmarks.figures import figure
+from benchmarks.timing import argument_parser
+
+__all__ = ["main", "make_figures", "render_page", "write_report"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[2]
+DOCS_PAGE = REPO / "docs" / "benchmarks" / "attribution.md"
+DOCS_FIGS = REPO / "docs" / "benchmarks" / "figures"
+PUBLISHED = {4: 2.44, 64: 3.82}
+"""Published stratified-over-uniform ECM at 4 and 64 evaluations per point."""
+INDEPENDENT = ("iid", "grid", "stratified", "systematic", "is+stratified")
+
+
+def _order(names) -> list[str]:
+    base = [d for d in INDEPENDENT if d in names]
+    return base + sorted(n for n in names if n not in base)
+
+
+def _series(rec: dict, design: str, key: str):
+    rows = sorted((r for r in rec["records"] if r["design"] == design), key=lambda r: r["budget"])
+    return [r["budget"] for r in rows], [r[key] for r in rows], rows
+
+
+def make_figures(rec: dict, out: Path) -> list[str]:
+    """``mse_vs_budget``, ``ecm_vs_budget``, ``spearman_vs_budget``, ``grad_norm_by_t`` (PNG in ``out``)."""
+    designs = _order({r["design"] for r in rec["records"]})
+
+    with figure(out / "mse_vs_budget.png") as ax:
+        for d in designs:
+            if d in INDEPENDENT:
+                k, v, rows = _series(rec, d, "mse")
+                ax.errorbar(k, v, yerr=[r["mse_se"] for r in rows], marker="o", capsize=2, label=d)
+        ax.set(xscale="log", yscale="log", xlabel="evaluations per point K",
+               ylabel="feature MSE to the reference", title="Feature variance vs budget")
+        ax.legend(fontsize=8)
+
+    with figure(out / "ecm_vs_budget.png") as ax:
+        for d in designs:
+            if d in INDEPENDENT and d != "iid":
+                k, v, rows = _series(rec, d, "ecm")
+                ax.errorbar(k, v, yerr=[r["ecm_se"] for r in rows], marker="o", capsize=2, label=d)
+        ax.scatter(list(PUBLISHED), list(PUBLISHED.values()), marker="*", s=120, color="k", zorder=5,
+                   label="published (stratified)")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="evaluations per point K", ylabel="ECM over iid uniform t",
+               title="Effective compute multiplier (equal K)")
+        ax.legend(fontsize=8)
+
+    with figure(out / "spearman_vs_budget.png") as ax:
+        for d in designs:
+            k, v, rows = _series(rec, d, "spearman")
+            lo = [r["spearman_ci95"][0] for r in rows]
+            hi = [r["spearman_ci95"][1] for r in rows]
+            line, = ax.plot(k, v, marker="o", ls="--" if d.endswith("+crn") else "-", label=d)
+            ax.fill_between(k, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.axhline(rec["reference"]["half_vs_half_spearman"], color="k", lw=0.8, ls=":",
+                   label="reference half vs half")
+        ax.set(xscale="log", xlabel="evaluations per point K", ylabel="mean Spearman vs reference scores",
+               title="Ranking quality (95% intervals)")
+        ax.legend(fontsize=7, ncol=2)
+
+    g = rec["grad_norm_by_t"]
+    with figure(out / "grad_norm_by_t.png", figsize=(6, 3)) as ax:
+        e = g["bin_edges"]
+        ax.bar([(a + b) / 2 for a, b in itertools.pairwise(e)], g["rms_norm"],
+               width=[b - a for a, b in itertools.pairwise(e)], edgecolor="k", alpha=0.7)
+        ax.set(xlabel="timestep t", ylabel=r"RMS $\|\hat\phi^{(K=1)}\|$", title="Single-draw feature norm by timestep")
+    return ["mse_vs_budget", "ecm_vs_budget", "spearman_vs_budget", "grad_norm_by_t"]
+
+
+def _get(rec, design, K):
+    for r in rec["records"]:
+        if r["design"] == design and r["budget"] == K:
+            return r
+    return None
+
+
+def _ecm(rec, design, K):
+    r = _get(rec, design, K)
+    return None if r is None else r["ecm"]
+
+
+def _f(x, nd=2):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def _budget_rows(rec, designs, budgets, cell) -> list[str]:
+    """One table row per design: ``cell(record)`` at each budget (``n/a`` where none)."""
+    rows = []
+    for d in designs:
+        cells = [("n/a" if (r := _get(rec, d, k)) is None else cell(r)) for k in budgets]
+        rows.append(f"| {d} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def render_page(rec: dict, fig_prefix: str = "figures/attribution-") -> str:
+    """The docs page (markdown) for a study record."""
+    ref = rec["reference"]
+    designs = _order({r["design"] for r in rec["records"]})
+    budgets = sorted({r["budget"] for r in rec["records"]})
+    L = ["# Data attribution (D-TRAK style) on digits", "",
+         "*Generated by `python -m benchmarks.attribution.report` from "
+         "`benchmarks/attribution/results/study.json`; do not edit by hand.*", "",
+         f"A DDPM `UNet2DModel` trained on the 8×8 digits of classes 0 and 1; features are per-example "
+         f"gradients of the denoising loss with respect to the last up block and `conv_out` "
+         f"({rec['n_params_feature']} parameters), projected to {rec['proj_dim']} dimensions by TRAK's "
+         f"`BasicProjector`; scores are cosine similarities. {rec['n_train']} training points, "
+         f"{rec['n_queries']} queries (held-out digits and generated samples), {rec['replicates_run']} replicates "
+         f"per (design, budget). ECM is the MSE of i.i.d. uniform $t$ over the design's MSE at the same "
+         f"budget $K$ (equal evaluations; `ecm_timed` also divides by the measured seconds per evaluation); "
+         f"± is one standard error (delta method over replicates).", "",
+         "## Summary", "",
+         "| design | ECM at K = 4 | ECM at K = 64 | Spearman at 4 | Spearman at 64 |", "|---|---|---|---|---|"]
+    for d in designs:
+        a, b = _get(rec, d, 4), _get(rec, d, 64)
+        row = [d]
+        for r in (a, b):
+            row.append("n/a" if r is None else f"{r['ecm']:.2f} ± {r['ecm_se']:.2f}")
+        for r in (a, b):
+            row.append("n/a" if r is None else f"{r['spearman']:.3f}")
+        L.append("| " + " | ".join(row) + " |")
+    L += ["", f"Published (stratified over uniform): {PUBLISHED[4]}× at 4, {PUBLISHED[64]}× at 64.", "",
+          "## Feature variance and ECM", "",
+          "| design | " + " | ".join(f"K = {k}" for k in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    L += _budget_rows(rec, designs, budgets, lambda r: f"{r['mse']:.3g} ({r['ecm']:.2f}×)")
+    L += ["", "Cells: MSE of the projected feature to the reference, and the ECM. Under common random "
+          "numbers each point's feature has the same law as without them, so their MSE (and ECM) only "
+          "differs by noise; what they change is the ranking below. Under common random numbers a "
+          "replicate is *one* draw of the shared $(t, \\epsilon)$ for all points; with the single-draw feature "
+          f"norm varying {rec['grad_norm_by_t']['max_over_min']:.0f}× over $t$ (below), its error is heavy-tailed "
+          f"and {rec['replicates_run']} replicates understate it: the `+crn` rows' MSE, ECM and ± are not "
+          "reliable estimates of the (equal) expected values.", "",
+          "## Ranking quality", "",
+          "| design | " + " | ".join(f"K = {k}" for k in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    L += _budget_rows(rec, designs, budgets, lambda r: f"{r['spearman']:.3f} "
+                      f"[{r['spearman_ci95'][0]:.3f}, {r['spearman_ci95'][1]:.3f}]")
+    L += ["", f"Mean over queries of the Spearman correlation between a query's scores over the training "
+          f"points and its reference scores, with a 95% interval over replicates. The reference itself is "
+          f"noisy: its two independent halves agree at Spearman {ref['half_vs_half_spearman']:.3f}, a "
+          f"ceiling for every design.", "", "## The fixed grid's bias", "",
+          "| design | K | bias² | variance | bias² / MSE | relative bias |", "|---|---|---|---|---|---|"]
+    for b in sorted(rec["grid_bias"], key=lambda b: (b["design"], b["budget"])):
+        L.append(f"| {b['design']} | {b['budget']} | {b['bias2']:.3g} | {b['variance']:.3g} | "
+                 f"{b['bias2_fraction_of_mse']:.2f} | {b['relative_bias']:.3f} |")
+    g = rec["grad_norm_by_t"]
+    L += ["", "bias² $= \\frac1N\\sum_r(\\lVert\\bar\\phi_r - \\phi^\\star_r\\rVert^2 - v_r) - "
+          "\\overline{\\operatorname{tr}\\operatorname{Var}}/n_{\\rm rep}$ (replicate mean $\\bar\\phi_r$, "
+          "reference $\\phi^\\star_r$ with its variance $v_r$ removed); relative bias = "
+          "$\\sqrt{\\text{bias}^2}/\\mathrm{RMS}\\lVert\\phi^\\star\\rVert$. A negative value is noise around 0.", "",
+          "## Importance sampling and the flat gradient norm", "",
+          f"RMS single-draw feature norm per timestep bin (from {g['n_samples']} draws): max/min = "
+          f"{g['max_over_min']:.2f}. The proposal $q \\propto \\sqrt{{m_2(t)}}$ (mixed with "
+          f"{g['defensive']:.0%} uniform) has weights $p/q$ in [{min(g['weight_range']):.2f}, "
+          f"{max(g['weight_range']):.2f}]. Measured ECM of `is+stratified` / `stratified`: "
+          + ", ".join(f"K = {k}: {_f(_ecm(rec, 'is+stratified', k))} / {_f(_ecm(rec, 'stratified', k))}"
+                      for k in budgets) + ".", "", "## Reference and costs", "",
+          f"- Reference: mean of two stratified estimates with {ref['k_per_half']} evaluations each; its "
+          f"relative error $\\sqrt{{\\bar v/\\overline{{\\lVert\\phi^\\star\\rVert^2}}}}$ = {ref['relative_error']:.4f} "
+          f"(computed in {ref['seconds']:.0f} s).",
+          f"- Median seconds per evaluation (one loss gradient, batched, projection included): "
+          f"{_f(_get(rec, 'iid', budgets[-1])['seconds_per_eval'] * 1e3, 3)} ms at K = {budgets[-1]}; "
+          f"the whole study took {rec['seconds_total'] / 60:.1f} min with {rec['machine']['threads']} torch threads "
+          f"({rec['machine']['cpu']}).",
+          f"- Reduced LDS: {'below' if rec['lds'].get('computed') else rec['lds'].get('why')}.", ""]
+    lds = rec["lds"]
+    if lds.get("computed"):
+        L += ["## Reduced linear datamodeling score", "",
+              f"**Reduced** LDS (`{lds['metric']}`): {lds['subsets']} subsets at $\\alpha = {lds['alpha']}$, one "
+              f"seed each, every retrain {lds['retrain_steps']} steps (fewer than the shipped model); model "
+              f"output: {lds['output']}; scores: {lds['score']}; all {lds['n_train']} training points, "
+              f"{lds['n_queries']} queries. Comparable between designs, not with published LDS values.", "",
+              "| design | K | LDS | ± se over queries |", "|---|---|---|---|"]
+        L += [f"| {r['design']} | {r['budget']} | {r['lds']:.3f} | {r['lds_se']:.3f} |" for r in lds["rows"]]
+        L += ["", f"Reproduce: `OMP_WAIT_POLICY=PASSIVE {lds['command']}` (after the study; "
+              f"{lds['seconds_total'] / 60:.1f} min here).", ""]
+    L += ["## Figures", ""]
+    for name in rec.get("figures", []):
+        L += [f"![{name}]({fig_prefix}{name}.png)", ""]
+    L += ["## Reproduce", "", "```bash",
+          "OMP_WAIT_POLICY=PASSIVE python -m benchmarks.attribution.train_unet   # the shipped weights",
+          f"OMP_WAIT_POLICY=PASSIVE {rec['command']}", "python -m benchmarks.attribution.report", "```", ""]
+    return "\n".join(L)
+
+
+def write_report(rec: dict, out: Path = RESULTS, *, docs: bool = True) -> dict:
+    """Figures into ``out``, the record (with its figure list) back to ``out/study.json``; the page when ``docs``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rec["figures"] = make_figures(rec, out)
+    (out / "study.json").write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+    if docs:
+        DOCS_FIGS.mkdir(parents=True, exist_ok=True)
+        for name in rec["figures"]:
+            shutil.copyfile(out / f"{name}.png", DOCS_FIGS / f"attribution-{name}.png")
+        DOCS_PAGE.write_text(render_page(rec))
+    return rec
+
+
+def main(argv=None) -> None:
+    parser, arg = argument_parser("benchmarks.attribution.report", __doc__)
+    arg("--results", type=Path, default=RESULTS / "study.json")
+    args = parser.parse_args(argv)
+    write_report(json.loads(args.results.read_text()), args.results.parent)
+    print(f"wrote {DOCS_PAGE}")
+
+
+if __name__ == "__main__":
+    main()
