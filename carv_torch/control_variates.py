@@ -49,7 +49,9 @@ from ._validation import (
     resolve_device,
 )
 
-__all__ = ["cell_index", "CellTable", "per_view_gradients", "UpstreamComponents", "replicated_components"]
+__all__ = ["cell_index", "CellTable", "per_view_gradients", "correction_term", "refresh_after_backward",
+           "checked_upstream",
+           "UpstreamComponents", "replicated_components"]
 
 
 def cell_index(u: torch.Tensor, shape) -> torch.Tensor:
@@ -108,12 +110,15 @@ class CellTable:
                              "dtype=torch.bfloat16, or raise max_bytes")
         if probs is None:
             probs = torch.full((self.n_cells,), 1.0 / self.n_cells, dtype=torch.float64)
-        probs = as_tensor("probs", probs, ndim=1).to("cpu", torch.float64)
-        if probs.shape != (self.n_cells,) or bool((probs < 0).any()) or abs(float(probs.sum()) - 1) > 1e-9:
+        probs = as_tensor("probs", probs, ndim=1)
+        # A pmf rounded to its dtype sums to 1 within a few ulps; it is renormalised in float64.
+        tol = max(1e-9, 4 * probs.numel() * torch.finfo(probs.dtype).eps) if probs.is_floating_point() else 1e-9
+        probs = probs.to("cpu", torch.float64)
+        if probs.shape != (self.n_cells,) or bool((probs < 0).any()) or abs(float(probs.sum()) - 1) > tol:
             raise ValueError(f"probs must be a pmf of shape (n_cells,) = ({self.n_cells},) with entries "
                              f">= 0 summing to 1, got shape {tuple(probs.shape)}, minimum "
                              f"{float(probs.min())}, sum {float(probs.sum())}")
-        self.probs = probs.to(device)
+        self.probs = (probs / probs.sum()).to(device)
         self.table = torch.zeros(self.n_cells, self.dim, dtype=self.dtype, device=device)
         self.refreshed = torch.full((self.n_cells,), -1, dtype=torch.int64, device=device)
 
@@ -244,6 +249,78 @@ def per_view_gradients(outputs: torch.Tensor, grad_outputs: torch.Tensor, params
             raise ValueError(f"total must be the flattened step gradient of shape (P,), got {tuple(total.shape)}")
         rows.append(total - sum(rows) if rows else total.clone())
     return torch.stack(rows)
+
+
+def _split_like(flat: torch.Tensor, params) -> list[torch.Tensor]:
+    out, start = [], 0
+    for q in params:
+        out.append(flat[start:start + q.numel()].view_as(q).to(q.dtype))
+        start += q.numel()
+    return out
+
+
+def correction_term(table: CellTable, cells, params):
+    r"""$(L_{\rm cv}, \Delta)$: a loss term of value 0 whose gradient is the control variate's correction.
+
+    $\Delta = \sum_c P(c)\,\phi_c - \frac1R\sum_r \phi_{c_r}$ (flattened over ``params``, detached)
+    and $L_{\rm cv} = \langle\Delta, \theta\rangle - \operatorname{sg}\langle\Delta, \theta\rangle$, so
+    adding $L_{\rm cv}$ to the step's loss makes its backward give $\hat G_{\rm cv} = \hat G + \Delta$
+    and leaves the logged loss unchanged. The table is read here, before the step's
+    backward: refreshing it afterwards does not change this step's estimator.
+    """
+    params = list(params)
+    if sum(q.numel() for q in params) != table.dim:
+        raise ValueError(f"params have {sum(q.numel() for q in params)} entries, the control variate's "
+                         f"table has dim = {table.dim}")
+    dtype = params[0].dtype
+    cells = table._cells(cells)
+    delta = table.baseline(dtype) - table.table[cells].to(dtype).mean(0)
+    term = sum((d * q).sum() for d, q in zip(_split_like(delta, params), params))
+    return term - term.detach(), delta
+
+
+def refresh_after_backward(table: CellTable, cells, params, delta, step: int):
+    r"""At $R = 1$: when the step's backward has computed the gradient $\hat G_{\rm cv}$ of ``params``,
+    write its per-view part $\hat G_{\rm cv} - \Delta = J^\top g(\xi)$ into the view's cell.
+
+    No extra VJP: the hook (:func:`torch.autograd.graph.register_multi_grad_hook`) reads the
+    gradient that backward produced for this pass (other loss terms on ``params``, e.g.
+    regularisers, are included: any table keeps the estimator unbiased; a term common to
+    all cells cancels in the correction). Fires once; returns the handle (``.remove()``
+    it if the step is abandoned before its backward).
+    """
+    params, state = list(params), {}
+
+    def hook(grads):
+        state["handle"].remove()
+        flat = torch.cat([(torch.zeros_like(q) if g is None else g).reshape(-1) for q, g in zip(params, grads)])
+        table.refresh((flat - delta.to(flat.dtype))[None], cells, step)
+
+    state["handle"] = torch.autograd.graph.register_multi_grad_hook(params, hook, mode="all")
+    return state["handle"]
+
+
+def checked_upstream(R: int, params, replicates, control_variate, cells):
+    r"""Validate a guidance call's upstream arguments; returns ``(replicates, control_variate, cells)``.
+
+    ``replicates`` $M$ divides $R$ (rows $mR/M, \dots, (m+1)R/M - 1$ are replicate $m$);
+    ``control_variate`` is a :class:`CellTable` with one cell index per row in ``cells``
+    and needs ``params`` (the correction is a gradient over them).
+    """
+    replicates = as_int("replicates", replicates, minimum=1)
+    if R % replicates:
+        raise ValueError(f"replicates = {replicates} must divide the {R} upstream samples of the call")
+    if control_variate is None:
+        if cells is not None:
+            raise ValueError("cells were given without a control_variate (a CellTable)")
+        return replicates, None, None
+    if not isinstance(control_variate, CellTable):
+        raise TypeError(f"control_variate must be a carv_torch.CellTable, got {describe(control_variate)}")
+    if params is None:
+        raise ValueError("control_variate needs params=... (its correction is a gradient over them)")
+    if cells is None:
+        raise ValueError("control_variate needs cells=... (cell_index of each upstream sample's camera)")
+    return replicates, control_variate, control_variate._cells(cells, R)
 
 
 class UpstreamComponents(NamedTuple):

@@ -46,6 +46,14 @@ small bias, about 7 % of $\operatorname{tr}(A\Sigma)$ under Adam: see the maths 
 next call's encode (render, backward, optimiser step and the teacher's encoder), per
 upstream sample; $c_d$ inside the call, per draw.
 
+**Upstream designs** (:mod:`carv_torch.control_variates`). ``replicates=M``: the $B$ rows are $M$
+independent replicates of a camera design (rows not i.i.d.); probes take $\sigma_B^2$ from the
+replicate means, ``variance`` is ``nan``. ``control_variate=table, cells=c``: the loss gets
+:func:`~carv_torch.control_variates.correction_term` (backward gives $\hat G_{\rm cv}$), probes
+measure $J^\top g - \phi_c$, and the table is refreshed with the step's per-view gradients
+(at $B = 1$ from its backward; at $B \ge 2$ by $B$ extra VJPs, reused on probe calls). So
+``K="auto"`` is chosen for the estimator actually run. The table is the caller's to checkpoint.
+
 Checkpoints: ``state_dict()`` holds a versioned checkpoint (:mod:`carv_torch.checkpoints`:
 format, $T$, config, counters, the proposal's state, the probe window, the accountant, the
 generator); ``load_state_dict`` validates all of it before changing anything and resumes
@@ -68,15 +76,15 @@ import torch
 from carv_core.designs import IID, GlobalStrata, as_design
 from torch import nn
 
-from ._validation import is_validating
 from .distributed import Cycle, World, current_world, rank_seed, reduce_probe, row_weight
 from .checkpoints import accountant_for, checkpoint, validated_state
 from .breakpoints import as_sampler
 from .integrands import SDS, Objective
 from .objectives import GradientEstimate, draw_inner, estimate_from_draws
-from .probes import SingleRenderProbe, checked_params, parameter_space_components
+from .control_variates import checked_upstream, correction_term, per_view_gradients, refresh_after_backward
+from .probes import SingleRenderProbe, checked_params, components_from_rows, row_vjps
 from .estimator import variance_components
-from .guidance_config import SAMPLERS, GuidanceConfig, is_sampler, scheduled_value
+from .guidance_config import SAMPLERS, GuidanceConfig, check_rgb, is_sampler, scheduled_value
 from .proposal_rules import PROPOSALS, as_proposal
 
 __all__ = ["PROPOSALS", "SAMPLERS", "GuidanceConfig", "GuidanceStep", "CARVGuidance",
@@ -160,6 +168,7 @@ class CARVGuidance(nn.Module):
         self._teachers = [o for o in objs if o is not None and hasattr(o, "max_batch_size")]
         self._warned = set()
         self._single = SingleRenderProbe(order=2)
+        self._cv_hook = None  # the pending R = 1 control-variate refresh (a grad hook)
         self.world = current_world() if config.distributed == "auto" else World()
         self._cycle = Cycle(config.accumulation_steps)
 
@@ -216,41 +225,36 @@ class CARVGuidance(nn.Module):
 
     # ------------------------------------------------------------------ call
 
-    def _check_input(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"rgb must be a tensor of shape (B, C, H, W), got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(f"rgb must have shape (B, C, H, W), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"rgb must be a floating tensor, got dtype {x.dtype}")
-        if x.device != self.device:
-            raise ValueError(f"rgb is on {x.device} but the teacher is on {self.device}; "
-                             f"move it with rgb.to({str(self.device)!r})")
-        if is_validating() and not bool(torch.isfinite(x).all()):
-            raise ValueError("rgb must be finite, got NaN or inf in the rendered images")
-
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             warnings.warn(message, UserWarning, stacklevel=3)
             self._warned.add(key)
 
-    def _probe(self, x, est, params, R: int):
-        # This probe call's variance components (parameter space when params are given).
+    def _probe(self, x, est, params, R: int, replicates: int, control):
+        # This probe call's variance components (parameter space when params are given) and,
+        # with params and R >= 2, the per-row VJPs u (the control variate's refresh reuses them).
         if R == 1:
-            return self._single.observe(x, est.values, params, step=self.calls)
+            return self._single.observe(x, est.values, params, step=self.calls,
+                                        control=None if control is None else control[0]), None
         if params is not None:
-            return parameter_space_components(x, est.values, params)
+            v_a, v_b, u, h = row_vjps(x, est.values, params)
+            return components_from_rows(v_a, v_b, u, h, replicates=replicates, control=control), u
         self._warn_once("input", "K='auto' without params: choosing K from variance components "
                                  "in the teacher's input space, which can differ greatly from the "
                                  "parameter gradient's; pass params=... (module docstring)")
-        return variance_components(est.values)
+        return variance_components(est.values), None
 
     def forward(self, rgb: torch.Tensor, condition=None, uncond=None, *,
                 rgb_as_latents: bool = False, generator: torch.Generator | None = None,
-                params=None, world_rows=None, **conditions) -> dict:
-        """One guidance step; see the module docstring for the returned keys."""
-        self._check_input(rgb)
+                params=None, world_rows=None, replicates: int = 1, control_variate=None, cells=None,
+                **conditions) -> dict:
+        """One guidance step; see the module docstring for the returned keys (and *Upstream designs*)."""
+        check_rgb(rgb, self.device)
         params = checked_params(params)
+        replicates, table, cells = checked_upstream(rgb.shape[0], params, replicates, control_variate, cells)
+        if self._cv_hook is not None:  # a refresh whose backward never ran: dropped
+            self._cv_hook.remove()
+            self.__dict__["_cv_hook"] = None
         acc, cfg = self.accountant, self.config
         gen = self.generator if generator is None else generator
         if not isinstance(gen, torch.Generator):
@@ -267,14 +271,15 @@ class CARVGuidance(nn.Module):
         K = acc.K
         if cfg.antithetic and K % 2:
             K += 1 if K < acc.k_max else -1
-        # R >= 2: one probe call in probe_every. R = 1: a burst of order + 1 consecutive
-        # calls, whose single-render means give sigma_B^2 across steps (carv_torch.probes).
+        # R >= 2: one probe call in probe_every; R = 1: a burst of order + 1 calls (carv_torch.probes).
+        # All ranks probe together (a mix of single-row and multi-row ranks does not probe).
         phase = (self.calls // cycle.steps) % cfg.probe_every  # whole cycles probe
-        # On several ranks the rule reads every rank's rows, so all ranks probe together (a
-        # mix of single-row and multi-row ranks does not probe).
         lo_rows, hi_rows = min(rows), max(rows)
         probe = auto and K >= 2 and (phase == 0 if lo_rows >= 2 else
                                      hi_rows == 1 and phase <= self._single.order)
+        if auto and replicates > 1 and params is None:
+            raise ValueError("K='auto' with replicates > 1 needs params=... (the replicates' spread is "
+                             "measured in parameter space)")
         if auto and R < 2 and params is None:
             probe = False
             self._warn_once("single", f"K='auto' with {R} upstream sample per call estimates "
@@ -284,10 +289,8 @@ class CARVGuidance(nn.Module):
         if probe and params is not None and not rgb.requires_grad:
             raise ValueError("params were given but rgb does not require grad: render with "
                              "autograd on, or drop params")
-        # Failure-atomic: what a call changes (generator, probe window, accountant, proposal)
-        # is snapshotted here and restored if anything below raises, so a retry reproduces
-        # the run that never failed. (A Proposal's pmf and update may change it only in what
-        # its state_dict holds.)
+        # Failure-atomic: what a call changes (generator, probe window, accountant, proposal) is
+        # snapshotted and restored if anything below raises (a Proposal changes only its state_dict).
         saved_single, saved_acc = self._single.state, acc.snapshot()
         saved_proposal = self.proposal.state_dict()  # O(T) host copy (the adaptive bins)
         saved_tables = self._tables  # the (p, q) cache goes with the proposal
@@ -315,7 +318,12 @@ class CARVGuidance(nn.Module):
             est = estimate_from_draws(self.objective, x, draws, diagnostics=self.proposal.adaptive,
                                       **{k: v for k, v in given.items() if v is not None})
             inner_done = acc.marker()  # the probe's VJPs are not teacher cost
-            probed = self._probe(x, est, params, R) if probe else None
+            control = None if table is None else table.table[cells].to(x.dtype)  # phi_{c_r}, (R, P)
+            probed, u = self._probe(x, est, params, R, replicates, control) if probe else (None, None)
+            if table is not None:  # its correction, and (R >= 2) the per-view refresh values
+                cv_term, delta = correction_term(table, cells, params)
+                if R >= 2 and u is None:
+                    u = per_view_gradients(x, est.grad.to(x.dtype), params)
             if self._last_stop is not None:
                 acc.interval("upstream", self._last_stop, encoded, n=R)
             acc.interval("inner", encoded, inner_done, n=R * K)
@@ -333,6 +341,8 @@ class CARVGuidance(nn.Module):
                 t_all = torch.cat([*cycle.t, est.t.reshape(-1)])
                 sq_all = torch.cat([*cycle.sq_norm, est.sq_norm.reshape(-1)])
                 self.proposal.update(t_all, sq_all, **({"world": world} if world.size > 1 else {}))
+            if table is not None and R >= 2:  # last: all-or-nothing, after everything that can fail
+                table.refresh(u, cells, self.calls)
         except BaseException:
             gen.set_state(gen_state)  # a failed call consumes no random numbers
             self._single.state = saved_single
@@ -356,9 +366,12 @@ class CARVGuidance(nn.Module):
         self.__dict__.update(calls=self.calls + 1, probes=self.probes + (probed is not None),
                              last=GuidanceStep(est, K, lo, hi, probed, decision),
                              _last_stop=acc.marker())
-        loss = est.loss if world.size == 1 else est.loss * row_weight(world, rows)
-        # A share of strata (a comb) has rows that are not i.i.d.: no variance estimate.
-        variance = torch.full_like(est.variance, float("nan")) if comb else est.variance
+        loss = est.loss if table is None else est.loss + cv_term
+        loss = loss if world.size == 1 else loss * row_weight(world, rows)
+        if table is not None and R == 1:  # the refresh reads the gradient this step's backward makes
+            self.__dict__["_cv_hook"] = refresh_after_backward(table, cells, params, delta, self.calls - 1)
+        # A share of strata (a comb) or a designed batch has rows that are not i.i.d.: no variance estimate.
+        variance = torch.full_like(est.variance, float("nan")) if comb or replicates > 1 else est.variance
         return {f"loss_{self.objective.name}": loss, "grad_norm": est.grad_norm,
                 "variance": variance, "min_step": lo, "max_step": hi, "K": K}
 

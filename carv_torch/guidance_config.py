@@ -18,9 +18,10 @@ import torch
 from carv_core.weighting import WEIGHTINGS
 from carv_core.designs import Design, as_design
 
+from ._validation import is_validating
 from .proposal_rules import PROPOSALS, Proposal
 
-__all__ = ["SAMPLERS", "StepRange", "GuidanceConfig", "scheduled_value", "is_sampler"]
+__all__ = ["SAMPLERS", "StepRange", "GuidanceConfig", "scheduled_value", "is_sampler", "check_rgb"]
 
 #: Shorthand design names the config accepts (any :class:`carv_core.Design` works too).
 SAMPLERS = carv_core.DESIGNS
@@ -232,3 +233,18 @@ def _costs(value) -> tuple[float, float]:
         raise TypeError(f"fixed_costs must be None or a pair (c_u, c_d) of seconds, got {value!r}")
     return tuple(_real(f"fixed_costs[{i}] ({n})", c, 0.0, math.inf, "finite and > 0",
                        low_open=True) for i, (n, c) in enumerate(zip(("c_u", "c_d"), value)))
+
+
+def check_rgb(x, device) -> None:
+    """``rgb`` is a finite (when validating) floating ``(B, C, H, W)`` tensor on the teacher's ``device``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"rgb must be a tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"rgb must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"rgb must be a floating tensor, got dtype {x.dtype}")
+    if x.device != device:
+        raise ValueError(f"rgb is on {x.device} but the teacher is on {device}; "
+                         f"move it with rgb.to({str(device)!r})")
+    if is_validating() and not bool(torch.isfinite(x).all()):
+        raise ValueError("rgb must be finite, got NaN or inf in the rendered images")

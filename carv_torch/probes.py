@@ -26,7 +26,7 @@ import torch
 from ._validation import as_int, as_tensor, check_finite, describe
 from .estimator import VarianceComponents, _split_half
 
-__all__ = ["checked_params", "parameter_space_components", "SingleRenderState", "single_render_update",
+__all__ = ["checked_params", "row_vjps", "components_from_rows", "parameter_space_components", "SingleRenderState", "single_render_update",
            "SingleRenderProbe"]
 
 
@@ -52,14 +52,12 @@ def checked_params(params) -> list[torch.Tensor] | None:
     return params
 
 
-def parameter_space_components(x: torch.Tensor, values: torch.Tensor, params) -> VarianceComponents:
-    r"""Split-half $\hat\sigma_B^2$, $\hat\sigma_W^2$ of $\frac1R\sum_r J_r^\top \bar Y_r$ from $R + 1$ VJPs of ``x``.
+def row_vjps(x: torch.Tensor, values: torch.Tensor, params):
+    r"""The probe's $R + 1$ VJPs: $(V_A, V_B, u, h)$ with $u_r = J_r^\top\bar Y_r$ ``(R, P)``.
 
-    Args:
-        x: the upstream outputs ``(R, *S)``, a differentiable function of ``params``.
-        values: the weighted i.i.d. inner draws $Y_{rk}$, ``(R, K, *S)`` ($K \ge 2$; the first
-            $2h$, $h = \lfloor K/2\rfloor$, are used).
-        params: the tensors $\theta$ the loss is differentiated for.
+    $V_A = \frac1R\sum_r J_r^\top\bar Y_{rA}$ and $V_B$ over the halves of $h = \lfloor K/2\rfloor$
+    draws; $R - 1$ rows of $u$ by their own VJP, the last by linearity. The graph of ``x``
+    is kept for the step's backward.
     """
     params = list(params)
     R, K = values.shape[:2]
@@ -74,9 +72,49 @@ def parameter_space_components(x: torch.Tensor, values: torch.Tensor, params) ->
         e[r] = rows[r]
         u.append(_vjp(x, params, e))
     u.append(R * (v_a + v_b) / 2 - sum(u))  # the last row by linearity
+    return v_a, v_b, torch.stack(u), h
+
+
+def components_from_rows(v_a, v_b, u, h: int, *, replicates: int = 1, control=None) -> VarianceComponents:
+    r"""$\hat\sigma_B^2$, $\hat\sigma_W^2$ of the estimator run, from :func:`row_vjps` output.
+
+    ``control`` ``(R, P)``: the per-view control variate $\phi_{c(\xi_r)}$ subtracted from each
+    row (:class:`~carv_torch.control_variates.CellTable`; fixed before the draw, it leaves
+    $\sigma_W^2$ unchanged and gives the $\sigma_B^2$ of $J^\top g - \phi_c$).
+    ``replicates`` $M$: the $R$ rows are $M$ independent replicates of a camera design over
+    $R/M$ consecutive rows (not i.i.d. rows), and $\sigma_B^2 = R\,\widehat{\operatorname{Var}}\hat G
+    - \sigma_W^2/(2h)$ from the $M$ replicate means
+    (:func:`~carv_torch.control_variates.replicated_components`); $M = 1$: i.i.d. rows,
+    :func:`~carv_torch.estimator.split_half_components`.
+    """
+    R = u.shape[0]
+    if control is not None:
+        u = u - control.to(u.dtype)
+    if replicates == 1:
+        return _split_half(v_a, v_b, u, h)
+    from .control_variates import replicated_components
+
+    sigma_w2 = 0.5 * R * h * torch.sum((v_a - v_b) ** 2)
+    reps = replicated_components(u.reshape(replicates, R // replicates, -1).mean(1), R, 2 * h, sigma_w2)
+    ms = 2 * h * R * reps.variance
+    return VarianceComponents(reps.sigma_b2, sigma_w2, ms, sigma_w2)
+
+
+def parameter_space_components(x: torch.Tensor, values: torch.Tensor, params, *, replicates: int = 1,
+                               control=None) -> VarianceComponents:
+    r"""Split-half $\hat\sigma_B^2$, $\hat\sigma_W^2$ of $\frac1R\sum_r J_r^\top \bar Y_r$ from $R + 1$ VJPs of ``x``.
+
+    Args:
+        x: the upstream outputs ``(R, *S)``, a differentiable function of ``params``.
+        values: the weighted i.i.d. inner draws $Y_{rk}$, ``(R, K, *S)`` ($K \ge 2$; the first
+            $2h$, $h = \lfloor K/2\rfloor$, are used).
+        params: the tensors $\theta$ the loss is differentiated for.
+        replicates, control: a camera design's replicates and a per-view control variate
+            (:func:`components_from_rows`).
+    """
     # VJPs of finite draws (the teacher's output is checked) through the caller's graph:
     # no second value check here, so a probe adds one host read, not four.
-    return _split_half(v_a, v_b, torch.stack(u), h)
+    return components_from_rows(*row_vjps(x, values, params), replicates=replicates, control=control)
 
 
 # --------------------------------------------------------------------------- R = 1: across steps
@@ -248,7 +286,7 @@ class SingleRenderProbe:
                                                spacing=self.spacing, R=R, step=step)
         return out
 
-    def observe(self, x: torch.Tensor, values: torch.Tensor, params, *, step: int | None = None):
+    def observe(self, x: torch.Tensor, values: torch.Tensor, params, *, step: int | None = None, control=None):
         r"""Two VJPs of ``x`` at this probe step, then :meth:`update`.
 
         Args:
@@ -258,6 +296,9 @@ class SingleRenderProbe:
                 first $2h$, $h = \lfloor K/2\rfloor$, are used).
             params: the tensors $\theta$ the loss is differentiated for.
             step: the call's index (e.g. the guidance's call counter).
+            control: ``(P,)``, the per-view control variate $\phi_{c(\xi_s)}$ of this step's
+                camera, subtracted from both halves (the within part is unchanged; the
+                differences then see $J^\top g - \phi_c$).
         """
         if not isinstance(x, torch.Tensor) or not isinstance(values, torch.Tensor):
             raise TypeError(f"x and values must be tensors, got {describe(x)} and {describe(values)}")
@@ -274,6 +315,8 @@ class SingleRenderProbe:
         Y = values.to(x.dtype)
         v_a = _vjp(x, params, Y[:, :h].mean(1) / R)
         v_b = _vjp(x, params, Y[:, h:2 * h].mean(1) / R)
+        if control is not None:
+            v_a, v_b = v_a - control.to(v_a.dtype), v_b - control.to(v_b.dtype)
         last = self.state.steps[-1] if self.state.steps else None
         step = (0 if last is None else last + self.spacing) if step is None else as_int("step", step)
         if last is not None and step <= last:

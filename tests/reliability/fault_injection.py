@@ -12,6 +12,9 @@ the whole run) that ``site`` is reached, ``error`` is raised there, once. Sites:
 - ``"vjp"``: the probe's vector-Jacobian products (``K="auto"`` with ``params``);
 - ``"interval"``: the accountant recording a timing.
 
+The ``cv`` configurations also pass a per-view control variate, whose table must be unchanged
+by a failed call (at $R = 3$ it is refreshed last in the call, after the proposal's update).
+
 :func:`run` trains a tiny parameter ``theta`` (the "renders" are ``theta * images``) for a few
 steps and retries a step that raised; it returns every step's outputs and the final state, which
 must equal the fault-free run's bit for bit.
@@ -24,6 +27,7 @@ from contextlib import contextmanager
 
 import carv_torch.guidance as guidance_module
 import torch
+from carv_torch.control_variates import CellTable
 from carv_torch.guidance import CARVGuidance, GuidanceConfig
 from carv_torch.teachers import DiffusersTeacher
 from diffusers import DDPMScheduler, UNet2DModel
@@ -94,14 +98,21 @@ CONFIGS = {
     "auto": dict(K="auto", k_init=2, k_min=2, k_max=8, probe_every=2, fixed_costs=(4.0, 1.0),
                  proposal="adaptive", adaptive_bins=5),
     "auto-single": dict(K="auto", k_init=2, k_min=2, k_max=8, probe_every=4, fixed_costs=(4.0, 1.0)),
+    # a per-view control variate (carv_torch.CellTable) over 3 camera cells: refreshed at the
+    # end of a call (R = 3) or by the step's backward (R = 1); its table is part of the state.
+    "cv": dict(K=4, proposal="adaptive", adaptive_bins=5, sampler="stratified"),
+    "cv-single": dict(K=4, proposal="adaptive", adaptive_bins=5),
 }
-ROWS = {"auto-single": 1}
+ROWS = {"auto-single": 1, "cv-single": 1}
+CONTROL_VARIATE = ("cv", "cv-single")
 
 
 def build(config: str, faults: Faults) -> tuple[CARVGuidance, torch.Tensor]:
     """The guidance under test and its trained parameter."""
     g = CARVGuidance(teacher(faults), GuidanceConfig(seed=7, max_batch_size=4, **CONFIGS[config]))
     _wrap(g, faults)
+    if config in CONTROL_VARIATE:
+        g.cv_table = CellTable(3, 3, dtype=DT)
     return g, torch.ones(3, 1, 1, dtype=DT, requires_grad=True)
 
 
@@ -118,14 +129,14 @@ def _wrap(g: CARVGuidance, faults: Faults) -> None:
 @contextmanager
 def faulty_vjps(faults: Faults):
     """Make the probes' VJPs (both the R >= 2 and the R = 1 path) a fault site."""
-    psc, single = guidance_module.parameter_space_components, guidance_module.SingleRenderProbe.observe
-    guidance_module.parameter_space_components = lambda *a, **k: (faults.visit("vjp"), psc(*a, **k))[1]
+    psc, single = guidance_module.row_vjps, guidance_module.SingleRenderProbe.observe
+    guidance_module.row_vjps = lambda *a, **k: (faults.visit("vjp"), psc(*a, **k))[1]
     guidance_module.SingleRenderProbe.observe = lambda self, *a, **k: (faults.visit("vjp"),
                                                                        single(self, *a, **k))[1]
     try:
         yield
     finally:
-        guidance_module.parameter_space_components = psc
+        guidance_module.row_vjps = psc
         guidance_module.SingleRenderProbe.observe = single
 
 
@@ -150,7 +161,9 @@ def run(config: str, steps: int, faults=(), *, check_unchanged: bool = True):
                 before = state(g) if check_unchanged else None
                 x = theta * images(step, R)
                 try:
-                    out = g(x, params=[theta])
+                    cv = {} if config not in CONTROL_VARIATE else dict(
+                        control_variate=g.cv_table, cells=(torch.arange(R) + step) % 3)
+                    out = g(x, params=[theta], **cv)
                 except (RuntimeError, KeyboardInterrupt, FloatingPointError, ValueError) as err:
                     if len(failures) >= len(faults):
                         raise  # not an injected fault: a real failure
@@ -171,6 +184,8 @@ def state(g: CARVGuidance, *, timings: bool = True):
     window, accountant, generator). ``timings=False`` drops the measured wall-clock samples
     (they differ between any two runs; with ``fixed_costs`` they are unused)."""
     out = g.state_dict()["_extra_state"]
+    if hasattr(g, "cv_table"):
+        out["cv_table"] = g.cv_table.state_dict()
     if not timings:
         out["accountant"]["samples"] = None
     return out

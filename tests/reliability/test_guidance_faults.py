@@ -52,6 +52,9 @@ SCENARIOS = [
     ("auto-single", "vjp", 1, "interrupt"),
     ("auto-single", "observe", 0, "runtime"),
     ("auto-single", "chunk", 1, "runtime"),
+    ("cv", "update", 1, "interrupt"),
+    ("cv", "chunk", 5, "oom"),
+    ("cv-single", "update", 2, "runtime"),
 ]
 
 
