@@ -145,7 +145,12 @@ def optimal_k(c_u: float, c_d: float, sigma_b2: float, sigma_w2: float, k_max: i
         return k_max
     hi_cap = k_max if k_max is not None else max(1, math.ceil(ks))
     candidates = sorted({min(max(1, math.floor(ks)), hi_cap), min(max(1, math.ceil(ks)), hi_cap)})
-    return min(candidates, key=lambda K: (_var_cost(K, c_u, c_d, sb, sw), K))
+    # Compare at unit scale: a power-of-two rescaling of (sigma_b2, sigma_w2) and of (c_u, c_d) is
+    # exact and leaves the argmin unchanged, and keeps subnormal inputs from rounding the products.
+    es, ec = math.frexp(max(sb, sw))[1], math.frexp(max(c_u, c_d))[1]
+    sb_, sw_ = math.ldexp(sb, -es), math.ldexp(sw, -es)
+    cu_, cd_ = math.ldexp(c_u, -ec), math.ldexp(c_d, -ec)
+    return min(candidates, key=lambda K: (_var_cost(K, cu_, cd_, sb_, sw_), K))
 
 
 def best_allocation(budget: float, c_u: float, c_d: float, sigma_b2: float, sigma_w2: float,

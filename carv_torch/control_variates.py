@@ -86,6 +86,10 @@ class CellTable:
         dtype: storage dtype (bfloat16/float16 halve the memory; the estimator computes in the gradient's dtype).
         device: where the table lives.
         max_bytes: bound on $C \cdot P \cdot$ itemsize (``None``: no bound).
+        momentum: $\beta \in (0, 1]$: a refresh sets $\phi_c \leftarrow \phi_c + \beta(\bar g_c - \phi_c)$
+            (a cell's first refresh takes $\bar g_c$ whole). $\beta = 1$ is SAGA's one-sample table;
+            $\beta < 1$ averages past views, trading the table's own inner noise for staleness.
+            Any $\beta$ keeps the estimator unbiased (the table is a function of the past).
 
     The table starts at 0 (the plain estimator); :attr:`refreshed` holds each cell's last
     refresh step (-1: never).
@@ -98,7 +102,11 @@ class CellTable:
     """
 
     def __init__(self, n_cells: int, dim: int, probs=None, *, dtype: torch.dtype = torch.float32,
-                 device=None, max_bytes: int | None = 2**30):
+                 device=None, max_bytes: int | None = 2**30, momentum: float = 1.0):
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 < momentum <= 1:
+            raise ValueError(f"momentum must be a real number in (0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        self._baseline_cache: dict = {}
         self.n_cells = as_int("n_cells", n_cells, minimum=1)
         self.dim = as_int("dim", dim, minimum=1)
         self.dtype = as_dtype("dtype", dtype)
@@ -128,8 +136,11 @@ class CellTable:
         return self.table.numel() * self.table.element_size()
 
     def baseline(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        r"""$\sum_c P(c)\,\phi_c$, shape ``(P,)``, from the stored values."""
-        return self.probs.to(dtype) @ self.table.to(dtype)
+        r"""$\sum_c P(c)\,\phi_c$, shape ``(P,)``, from the stored values (cached until the table changes)."""
+        key = (dtype, self.table._version)  # any in-place write to the table bumps its version
+        if key not in self._baseline_cache:
+            self._baseline_cache = {key: self.probs.to(dtype) @ self.table.to(dtype)}
+        return self._baseline_cache[key]
 
     def _cells(self, cells, R: int | None = None) -> torch.Tensor:
         if not isinstance(cells, torch.Tensor) or cells.dtype not in (torch.int32, torch.int64) or cells.ndim != 1:
@@ -172,7 +183,12 @@ class CellTable:
         # 1. Average the views of each cell: row r gets the mean over r' with c_r' = c_r.
         same = (cells[:, None] == cells[None, :]).to(g.dtype)
         values = (same / same.sum(1, keepdim=True)) @ g
-        # 2. One write per array (duplicate cells write equal values).
+        # 2. Blend into the table (beta = 1, or a cell's first refresh: replace), then one write per
+        #    array (duplicate cells write equal values).
+        if self.momentum < 1:
+            old = self.table[cells].to(g.dtype)
+            beta = torch.where(self.refreshed[cells] >= 0, self.momentum, 1.0).to(g.dtype)[:, None]
+            values = old + beta * (values - old)
         self.table.index_copy_(0, cells, values.to(self.dtype))
         self.refreshed.index_fill_(0, cells, step)
 
@@ -183,6 +199,7 @@ class CellTable:
     def state_dict(self) -> dict:
         """The table, refresh steps, $P(c)$ and settings (tensors cloned)."""
         return {"n_cells": self.n_cells, "dim": self.dim, "dtype": str(self.dtype).replace("torch.", ""),
+                "momentum": self.momentum,
                 "probs": self.probs.detach().cpu().clone(), "table": self.table.detach().clone(),
                 "refreshed": self.refreshed.detach().clone()}
 
@@ -194,8 +211,8 @@ class CellTable:
             if key not in state:
                 raise ValueError(f"state is missing {key!r} (not a CellTable.state_dict())")
         mine = self.state_dict()
-        for key in ("n_cells", "dim", "dtype"):
-            if state[key] != mine[key]:
+        for key in ("n_cells", "dim", "dtype", "momentum"):
+            if state.get(key, mine[key]) != mine[key]:  # (states without "momentum" predate it: 1.0)
                 raise ValueError(f"state[{key!r}] = {state[key]!r} differs from this table's {mine[key]!r}")
         probs = state["probs"]
         if not isinstance(probs, torch.Tensor) or probs.shape != mine["probs"].shape or \

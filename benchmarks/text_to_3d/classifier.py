@@ -153,6 +153,23 @@ def heldout_set(generator: torch.Generator, n_random: int = 64) -> tuple[torch.T
     return torch.cat(xs), torch.cat(ys)
 
 
+def load_models(weights_dir: str | Path | None = None, *, allow_random: bool = False):
+    """``(teacher, classifier)``: the shipped teacher and classifier of ``weights_dir``.
+
+    With ``allow_random`` (smoke tests), missing weights give a random teacher (it warns)
+    and ``None`` for the classifier; otherwise they raise, naming the retraining command.
+    """
+    from .teacher import load_teacher
+
+    teacher = load_teacher(weights_dir, require_weights=not allow_random)
+    try:
+        return teacher, load_classifier(weights_dir)
+    except FileNotFoundError:
+        if not allow_random:
+            raise
+        return teacher, None
+
+
 def evaluate_teacher(n_per_prompt: int = 32, *, steps: int = 50, guidance_scale: float | None = None,
                      seed: int = 0, weights_dir=None, out_dir: str | Path | None = None) -> dict:
     """Sample, decode and classify ``n_per_prompt`` teacher images per prompt; write the grid and JSON.

@@ -39,7 +39,8 @@ from .pipeline import (BASELINE, Method, TrainSettings, eval_reference, evaluate
                        make_guidance, oracle_from_draws, train)
 from .scenes import PROMPTS, check_scene_index, render, sample_cameras
 from .variance import ecm_table, measure_configs, reference_gradient
-from .teacher import load_teacher, null_condition, teacher_condition
+from .classifier import load_models
+from .teacher import null_condition, teacher_condition
 
 __all__ = ["BASELINE_STEPS", "RECOGNISED", "DemoPlan", "demo_methods", "plan_demo", "run_demo", "main"]
 
@@ -143,14 +144,7 @@ def run_demo(prompt: int = 0, baseline_steps: int = BASELINE_STEPS, out: Path = 
     torch.set_num_threads(int(threads))
     out.mkdir(parents=True, exist_ok=True)
     s = settings or TrainSettings()
-    teacher = load_teacher(weights_dir, require_weights=not allow_random)
-    try:
-        from .classifier import load_classifier
-        classifier = load_classifier(weights_dir)
-    except FileNotFoundError:
-        if not allow_random:
-            raise
-        classifier = None
+    teacher, classifier = load_models(weights_dir, allow_random=allow_random)
     root = torch.Generator().manual_seed(int(seed))
     g_cost, g_ref, g_meas = (torch.Generator().manual_seed(int(v))
                              for v in torch.randint(0, 2**62, (3,), generator=root))

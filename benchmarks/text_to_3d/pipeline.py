@@ -2,12 +2,13 @@ r"""Score distillation of the benchmark's NeRF from the tiny latent teacher, and
 
 One gradient step (a *method* fixes $R$, $K$, the proposal $q$ and the uniform design):
 
-1. draw $R$ cameras $\xi_r \sim p(\xi)$ (:func:`.scenes.sample_cameras`);
+1. draw $R$ cameras $\xi_r \sim p(\xi)$ (:func:`.scenes.sample_cameras`, or :func:`draw_uniform_cameras`);
 2. upstream: $x_r = s_{\rm vae}\mathcal E(2\,\mathrm{render}_\theta(\xi_r) - 1)$ (:mod:`.nerf`);
 3. inner: $K$ draws $t_{rk} \sim q$, $\epsilon_{rk}$, one batched CFG teacher call, residuals
    $f_{rk} = w(t)\,\alpha_t\,(\hat\epsilon(x_{t,rk}, t, y) - \epsilon_{rk})$ averaged over $k$ with
    $\tilde w = p/q$ (:class:`carv_torch.guidance.CARVGuidance`);
-4. one backward pass of the surrogate loss gives $\hat G = \frac1R\sum_r J_r^\top \bar g_r$.
+4. one backward pass of the surrogate loss gives $\hat G = \frac1R\sum_r J_r^\top \bar g_r$
+   (``Method.cv_cells``: $\hat G - \frac1R\sum_r\phi_{c(\xi_r)} + \sum_c P(c)\phi_c$, a :class:`carv_torch.CellTable`).
 
 The baseline is threestudio's: $t$ uniform on $[\lfloor 0.02T\rfloor, \lfloor 0.98T\rfloor]$,
 $K = 1$, $R = 2$ views per step. The oracle proposal $q^\star \propto p\sqrt{\mathbb E[\lVert f\rVert^2\mid t]}$
@@ -30,17 +31,23 @@ from typing import Callable, NamedTuple, Union
 import torch
 
 from carv_torch import FixedProposal, oracle_proposal, uniform_timesteps
+from carv_torch.cameras import CameraDraw, draw_cameras
+from carv_torch.control_variates import CellTable, cell_index
 from carv_torch.guidance import CARVGuidance, GuidanceConfig
 from carv_torch.renderers import GridRenderer
 
 from .nerf import GRID_SIZE, IMAGE_SIZE, N_SAMPLES, make_nerf, nerf_parameters, opacity
-from .scenes import check_scene_index, ground_truth_renderer, heldout_cameras, render, sample_cameras
+from .scenes import (ELEVATION_RANGE, RADIUS, check_scene_index, ground_truth_renderer, heldout_cameras,
+                     render, sample_cameras)
 from .teacher import GUIDANCE_SCALE, null_condition, teacher_condition
 
 __all__ = [
     "T_RANGE",
     "Method",
     "BASELINE",
+    "CAMERA_LOW",
+    "CAMERA_HIGH",
+    "draw_uniform_cameras",
     "make_guidance",
     "oracle_from_draws",
     "StepInfo",
@@ -70,6 +77,10 @@ class Method:
             ``adaptive`` (online $q^\star$), ``oracle`` (measured $q^\star$, needs a table).
         sampler: uniform design (``iid``, ``stratified``, ``global``, ``sobol``).
         antithetic: $(\epsilon, -\epsilon)$ pairs.
+        cv_cells: ``(n_azimuth, n_elevation)``: a per-view control variate over that many
+            equal-mass camera cells (:func:`carv_torch.cell_index` of the camera uniforms);
+            ``None``: none. Needs $R = 1$ in :func:`train` (the table is refreshed from the
+            step's own backward, no extra VJP).
     """
 
     name: str
@@ -78,6 +89,14 @@ class Method:
     proposal: str = "uniform"
     sampler: str = "iid"
     antithetic: bool = False
+    cv_cells: tuple | None = None
+
+    def __post_init__(self):
+        c = self.cv_cells
+        if c is not None and (not isinstance(c, tuple) or len(c) != 2 or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in c)):
+            raise ValueError(f"cv_cells must be None or a tuple (n_azimuth, n_elevation) of integers >= 1, "
+                             f"got {c!r}")
 
     def cost_units(self, c_u: float, c_d: float, K: float | None = None) -> float:
         r"""$R(c_u + K c_d)$ (``K`` overrides an ``"auto"`` K)."""
@@ -87,6 +106,17 @@ class Method:
 
 BASELINE = Method("baseline (R=2, K=1, uniform)", R=2, K=1, proposal="uniform", sampler="iid")
 """threestudio's estimator."""
+
+CAMERA_LOW = (0.0, ELEVATION_RANGE[0])
+r"""$a$ of $\xi = a + (b - a)U$ for (azimuth, elevation): the law of :func:`.scenes.sample_cameras`."""
+CAMERA_HIGH = (2 * math.pi, ELEVATION_RANGE[1])
+r"""$b$ of $\xi = a + (b - a)U$: azimuth $U[0, 2\pi)$, elevation $U[e_{\min}, e_{\max}]$ (radius ``RADIUS``)."""
+
+
+def draw_uniform_cameras(R: int, generator: torch.Generator, designs=("iid", "iid")) -> CameraDraw:
+    r"""$R$ cameras of :func:`.scenes.sample_cameras`' law through uniforms $U$ ``(R, 2)`` (``.uniforms``):
+    :func:`carv_torch.cameras.draw_cameras` with ``designs``, :data:`CAMERA_LOW`, :data:`CAMERA_HIGH`, ``RADIUS``."""
+    return draw_cameras(designs, R, CAMERA_LOW, CAMERA_HIGH, generator, radius=RADIUS)
 
 
 def make_guidance(teacher, method: Method, *, seed: int, guidance_scale: float = GUIDANCE_SCALE,
@@ -149,11 +179,12 @@ class StepInfo(NamedTuple):
     probe: bool = False
 
 
-def gradient_step(nerf: GridRenderer, guidance: CARVGuidance, cameras, condition, uncond) -> StepInfo:
-    r"""Render, guide, backward: leaves $\hat G$ in ``nerf``'s ``.grad`` (zeroed first)."""
+def gradient_step(nerf: GridRenderer, guidance: CARVGuidance, cameras, condition, uncond,
+                  **upstream) -> StepInfo:
+    r"""Render, guide (``upstream``: e.g. ``control_variate``, ``cells``), backward: $\hat G$ in ``.grad``."""
     nerf.zero_grad(set_to_none=True)
     images = nerf(cameras)
-    out = guidance(images, condition, uncond, params=nerf_parameters(nerf))
+    out = guidance(images, condition, uncond, params=nerf_parameters(nerf), **upstream)
     out["loss_sds"].backward()
     return StepInfo(int(out["K"]), guidance.last.estimate.t, images.detach(), guidance.last.probe is not None)
 
@@ -265,6 +296,7 @@ class Run(NamedTuple):
         mean_K: average inner draws per render.
         checkpoints: ``{step: state_dict}`` at the requested steps.
         nerf: the trained NeRF.
+        control_variate: the method's :class:`carv_torch.CellTable` after training (``None`` without one).
     """
 
     method: str
@@ -277,6 +309,7 @@ class Run(NamedTuple):
     mean_K: float
     checkpoints: dict
     nerf: GridRenderer
+    control_variate: CellTable | None = None
 
 
 def train(teacher, scene_index: int, method: Method, *, seed: int, settings: TrainSettings = TrainSettings(),
@@ -289,10 +322,15 @@ def train(teacher, scene_index: int, method: Method, *, seed: int, settings: Tra
     Evaluates (when ``ref`` is given) at step 0, every ``eval_every_s`` seconds of
     training time, at ``eval_steps`` and at the end. Randomness: ``seed`` seeds a root
     generator whose draws seed the camera stream and the guidance (independent streams).
+    With ``method.cv_cells`` ($R = 1$), a fresh zero :class:`carv_torch.CellTable` of
+    ``prod(cv_cells)`` cells $\times$ the grid's parameters is the control variate.
     """
     scene_index = check_scene_index(scene_index)
     if steps is None and seconds is None:
         raise ValueError("give steps or seconds (the training budget), got neither")
+    if method.cv_cells is not None and method.R != 1:
+        raise ValueError(f"method {method.name!r}: cv_cells needs R = 1 in train (the refresh is the "
+                         f"step's own backward), got R = {method.R}")
     root = torch.Generator().manual_seed(int(seed))
     s_cam, s_guid = (int(v) for v in torch.randint(0, 2**62, (2,), generator=root))
     g_cam = torch.Generator().manual_seed(s_cam)
@@ -301,6 +339,8 @@ def train(teacher, scene_index: int, method: Method, *, seed: int, settings: Tra
     guidance = make_guidance(teacher, method, seed=s_guid, guidance_scale=s.guidance_scale,
                              oracle_q=oracle_q)
     opt = torch.optim.Adam(nerf_parameters(nerf), lr=s.lr, betas=tuple(s.betas))
+    table = None if method.cv_cells is None else \
+        CellTable(math.prod(method.cv_cells), sum(q.numel() for q in nerf_parameters(nerf)))
     cond, unc = teacher_condition(scene_index), null_condition()
     curve, times, ks, ckpts = [], [], [], {}
     clock, step, next_eval = 0.0, 0, 0.0
@@ -329,7 +369,12 @@ def train(teacher, scene_index: int, method: Method, *, seed: int, settings: Tra
             break
         t0 = time.perf_counter()
         guidance.update_step(0, step)
-        info = gradient_step(nerf, guidance, sample_cameras(method.R, g_cam), cond, unc)
+        if table is None:
+            info = gradient_step(nerf, guidance, sample_cameras(method.R, g_cam), cond, unc)
+        else:
+            draw = draw_uniform_cameras(method.R, g_cam)
+            info = gradient_step(nerf, guidance, draw.cameras, cond, unc, control_variate=table,
+                                 cells=cell_index(draw.uniforms, method.cv_cells))
         opt.step()
         dt = time.perf_counter() - t0
         clock += dt
@@ -344,7 +389,7 @@ def train(teacher, scene_index: int, method: Method, *, seed: int, settings: Tra
     bar.close()
     med = sorted(times)[len(times) // 2] if times else float("nan")
     mean_k = sum(ks) / len(ks) if ks else float("nan")
-    return Run(method.name, scene_index, int(seed), step, clock, curve, med, mean_k, ckpts, nerf)
+    return Run(method.name, scene_index, int(seed), step, clock, curve, med, mean_k, ckpts, nerf, table)
 
 
 def write_json(result: dict, path) -> None:

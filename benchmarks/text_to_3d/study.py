@@ -56,6 +56,7 @@ from .variance import (Reference, ecm_table, ecm_vs_ratio, fit_components, fit_c
 from .report import (DOCS_FIGS, DOCS_PAGE, REPO, _jsonable, _render_grid,
                      image_strips, make_figures, render_page, write_report)
 from .scenes import PROMPTS
+from .classifier import load_models
 from .teacher import load_teacher, null_condition, teacher_condition
 
 __all__ = ["Size", "FULL", "QUICK", "study_methods", "Reference", "reference_gradient",
@@ -137,14 +138,7 @@ def run_study(size: Size, out: Path, *, seed: int = 0, weights_dir=None, allow_r
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(threads))
-    teacher = load_teacher(weights_dir, require_weights=not allow_random)
-    classifier = None
-    try:
-        from .classifier import load_classifier
-        classifier = load_classifier(weights_dir)
-    except FileNotFoundError:
-        if not allow_random:
-            raise
+    teacher, classifier = load_models(weights_dir, allow_random=allow_random)
     settings = settings or TrainSettings(grid_size=size.grid_size, image_size=size.image_size,
                                          n_samples=size.n_samples)
     s = settings

@@ -1,8 +1,8 @@
 """Allocation: the integer K, the budgeted (R, K), ECM and the reuse ceiling."""
 
 import math
+from fractions import Fraction
 
-import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -25,16 +25,22 @@ def _var_cost(K, c_u, c_d, sb, sw):
     return predicted_variance(1, K, sb, sw) * cost(1, K, c_u, c_d)
 
 
+def _exact_var_cost(K, c_u, c_d, sb, sw):
+    # (sigma_b2 + sigma_w2/K)(c_u + K c_d) in exact rationals (no rounding, subnormals included).
+    f = Fraction
+    return (f(sb) + f(sw) / K) * (f(c_u) + K * f(c_d))
+
+
 @given(costs(), costs(), variance_components(), variance_components(), st.integers(1, 200))
 def test_optimal_k_is_brute_force_minimiser(c_u, c_d, sb, sw, k_max):
     assume(sb > 0 or sw == 0)  # sigma_b2 = 0 < sigma_w2 is tested below: K -> k_max
     K = optimal_k(c_u, c_d, sb, sw, k_max=k_max)
-    vals = [_var_cost(k, c_u, c_d, sb, sw) for k in range(1, k_max + 1)]
+    vals = [_exact_var_cost(k, c_u, c_d, sb, sw) for k in range(1, k_max + 1)]
     best = min(vals)
     assert 1 <= K <= k_max
-    assert _var_cost(K, c_u, c_d, sb, sw) <= best * (1 + 1e-12)
+    assert _exact_var_cost(K, c_u, c_d, sb, sw) <= best * (1 + Fraction(1, 10**12))
     # Ties go to the smaller K.
-    assert K <= 1 + int(np.flatnonzero(np.array(vals) <= best * (1 + 1e-12))[-1])
+    assert K <= 1 + max(k for k, v in enumerate(vals) if v <= best * (1 + Fraction(1, 10**12)))
 
 
 @given(costs(), costs(), st.floats(1e-3, 1e3), variance_components())

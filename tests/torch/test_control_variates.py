@@ -146,6 +146,32 @@ def test_refresh_averages_shared_cells_records_steps_and_is_failure_atomic():
         assert tab.refreshed.tolist() == before["refreshed"].tolist()
 
 
+def test_momentum_blends_refreshes_and_a_first_refresh_takes_the_view_whole():
+    tab = CellTable(2, 2, momentum=0.25)
+    tab.refresh(torch.tensor([[4.0, 8.0]]), torch.tensor([1]), step=0)      # first: whole
+    tab.refresh(torch.tensor([[0.0, 0.0], [8.0, 0.0]]), torch.tensor([1, 0]), step=1)
+    # cell 1: 4 + 0.25 (0 - 4) = 3, 8 + 0.25 (0 - 8) = 6; cell 0 first refreshed here: whole
+    torch.testing.assert_close(tab.table, torch.tensor([[8.0, 0.0], [3.0, 6.0]]))
+    assert tab.state_dict()["momentum"] == 0.25
+    with pytest.raises(ValueError, match="momentum"):
+        CellTable(2, 2).load_state_dict(tab.state_dict())
+    for bad in (0, 1.5, True, "a"):
+        with pytest.raises(ValueError, match="momentum must be a real number in \\(0, 1\\]"):
+            CellTable(2, 2, momentum=bad)
+
+
+def test_the_cached_baseline_follows_every_change_of_the_table():
+    tab = CellTable(2, 2, probs=torch.tensor([0.25, 0.75], dtype=torch.float32))   # a float32 pmf is accepted
+    assert tab.baseline().tolist() == [0.0, 0.0]
+    tab.refresh(torch.tensor([[4.0, 8.0]]), torch.tensor([1]), step=0)
+    assert tab.baseline().tolist() == [3.0, 6.0]
+    tab.table[0] = torch.tensor([4.0, 4.0])                                  # a direct write
+    assert tab.baseline().tolist() == [4.0, 7.0]
+    other = CellTable(2, 2, probs=torch.tensor([0.25, 0.75]))
+    other.load_state_dict(tab.state_dict())
+    assert other.baseline().tolist() == [4.0, 7.0]
+
+
 def test_state_dict_round_trips_and_a_bad_state_changes_nothing():
     tab = CellTable(4, 3, dtype=torch.float16)
     tab.refresh(torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3]), step=2)
