@@ -253,8 +253,7 @@ class CARVGuidance(nn.Module):
         params = checked_params(params)
         replicates, table, cells = checked_upstream(rgb.shape[0], params, replicates, control_variate, cells)
         if self._cv_hook is not None:  # a refresh whose backward never ran: dropped
-            self._cv_hook.remove()
-            self.__dict__["_cv_hook"] = None
+            self.__dict__["_cv_hook"] = self._cv_hook.remove()
         acc, cfg = self.accountant, self.config
         gen = self.generator if generator is None else generator
         if not isinstance(gen, torch.Generator):
@@ -318,7 +317,7 @@ class CARVGuidance(nn.Module):
             est = estimate_from_draws(self.objective, x, draws, diagnostics=self.proposal.adaptive,
                                       **{k: v for k, v in given.items() if v is not None})
             inner_done = acc.marker()  # the probe's VJPs are not teacher cost
-            control = None if table is None else table.table[cells].to(x.dtype)  # phi_{c_r}, (R, P)
+            control = table.table[cells].to(x.dtype) if probe and table is not None else None  # phi_{c_r}
             probed, u = self._probe(x, est, params, R, replicates, control) if probe else (None, None)
             if table is not None:  # its correction, and (R >= 2) the per-view refresh values
                 cv_term, delta = correction_term(table, cells, params)
