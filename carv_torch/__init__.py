@@ -42,7 +42,7 @@ from .allocation import (
     reuse_ceiling,
 )
 from .distributions import PiecewiseDensity, pmf, tabulate_density, uniform_timesteps
-from .diagnostics import (Diagnosis, GradientMonitor, SpeedupPrediction, best_speedup, diagnose,
+from .diagnostics import (Diagnosis, GradientMonitor, ProbeNormMonitor, SpeedupPrediction, best_speedup, diagnose,
                           gradient_sq_norm, noise_scale, predicted_speedup, speedup)
 from .estimator import (
     HierarchicalEstimate,
@@ -95,7 +95,7 @@ __all__ = [
     "Allocation", "Prediction", "best_allocation", "cost", "ecm", "k_star", "optimal_k",
     "predict", "predicted_variance", "relative_efficiency", "reuse_ceiling",
     "SpeedupPrediction", "best_speedup", "gradient_sq_norm", "noise_scale", "predicted_speedup", "speedup",
-    "Diagnosis", "GradientMonitor", "diagnose",
+    "Diagnosis", "GradientMonitor", "ProbeNormMonitor", "diagnose",
     "PiecewiseDensity", "pmf", "tabulate_density", "uniform_timesteps",
     "HierarchicalEstimate", "VarianceComponents", "Welford", "hierarchical_estimate",
     "variance_components",

@@ -5,10 +5,16 @@ The maths is :mod:`carv_core.diagnostics` (scalar host-side maths: the names
 What only tensors need:
 
 - :func:`gradient_sq_norm` — the unbiased $\lVert G\rVert^2$ from $R \ge 2$ i.i.d. estimates on the device;
+- :class:`ProbeNormMonitor` — $\lVert G\rVert^2$ from the guidance's own probes: a probe call's
+  $R \ge 2$ i.i.d. rows $u_r = J_r^\top\bar Y_r$ at one $\theta$ give the unbiased
+  :attr:`GuidanceStep.grad_sq_norm <carv_torch.guidance.GuidanceStep>`, averaged over the last
+  probes (no extra compute; one host read per probe call);
 - :class:`GradientMonitor` — $\lVert G\rVert^2$ across steps from the step's own parameter
   gradient: consecutive estimates are independent, so $\hat G_s\cdot\hat G_{s-1}$ is unbiased
-  for $G_s\cdot G_{s-1} \approx \lVert G\rVert^2$ while $\theta$ moves slowly (memory: one float64
-  copy of the gradient, $8P$ bytes);
+  for $G_s\cdot G_{s-1} \approx \lVert G\rVert^2$ while $G$ moves slowly (memory: one float64
+  copy of the gradient, $8P$ bytes). It fails where the objective itself moves between steps:
+  in DMD the fake score is updated in between, and on the DMD benchmark the lag-1 product is
+  negative; use :class:`ProbeNormMonitor` there;
 - :func:`diagnose` — from a guidance (or its accountant): $\sigma_B^2$, $\sigma_W^2$ of the
   parameter gradient (its probes, ``K="auto"``), the measured $c_u$, $c_d$, the run's
   $(R, K)$ and $\lVert G\rVert^2$, the noise scale now and the $(R', K')$ of largest
@@ -31,9 +37,10 @@ from carv_core.diagnostics import SpeedupPrediction, best_speedup, noise_scale, 
 
 from ._validation import as_int
 from .allocation import predicted_variance
+from .probes import sq_norm_of_mean
 
 __all__ = ["SpeedupPrediction", "gradient_sq_norm", "noise_scale", "speedup", "predicted_speedup", "best_speedup",
-           "GradientMonitor", "Diagnosis", "diagnose"]
+           "GradientMonitor", "ProbeNormMonitor", "Diagnosis", "diagnose"]
 
 
 def gradient_sq_norm(rows) -> float:
@@ -42,9 +49,7 @@ def gradient_sq_norm(rows) -> float:
         rows = torch.as_tensor(rows)
     if rows.ndim != 2 or rows.shape[0] < 2:
         raise ValueError(f"rows must have shape (R, P) with R >= 2, got shape {tuple(rows.shape)}")
-    u = rows.to(torch.float64)
-    total = u.sum(0)
-    value = float((total @ total - (u * u).sum()) / (u.shape[0] * (u.shape[0] - 1)))
+    value = float(sq_norm_of_mean(rows))
     if not math.isfinite(value):
         raise ValueError("rows must be finite")
     return value
@@ -104,6 +109,44 @@ class GradientMonitor:
         return sum(self._sq_norms) / len(self._sq_norms) if self._sq_norms else float("nan")
 
 
+class ProbeNormMonitor:
+    r"""$\widehat{\lVert G\rVert^2}$ = the mean of the last ``window`` probes' unbiased values.
+
+    Call :meth:`update` with the guidance after each call (it reads only probe calls'
+    :attr:`~carv_torch.guidance.GuidanceStep.grad_sq_norm`, which needs ``K="auto"``,
+    ``params=...`` and $B \ge 2$ i.i.d. rows). Each value is measured at that call's own
+    parameters (and fake score), so no assumption on how they move between steps enters;
+    the window trades noise against lag.
+    """
+
+    def __init__(self, window: int = 8):
+        self.window = as_int("window", window, minimum=1)
+        self._values: deque = deque(maxlen=self.window)
+
+    def update(self, guidance) -> float:
+        """Record the last call's value if it was a probe; returns it (``nan`` otherwise)."""
+        last = getattr(guidance, "last", None)
+        if last is None and not hasattr(guidance, "last"):
+            raise TypeError(f"guidance must be a CARVGuidance, got {type(guidance).__name__}")
+        if last is None or last.grad_sq_norm is None:
+            return float("nan")
+        value = float(last.grad_sq_norm)
+        if not math.isfinite(value):
+            raise ValueError("the probe's grad_sq_norm is not finite; ProbeNormMonitor.update was not applied")
+        self._values.append(value)
+        return value
+
+    @property
+    def grad_sq_norm(self) -> float:
+        r"""The window's mean (unbiased for $\lVert G\rVert^2$ if $G$ is constant over it; ``nan`` before a probe)."""
+        return sum(self._values) / len(self._values) if self._values else float("nan")
+
+    @property
+    def count(self) -> int:
+        """How many probe values the window holds."""
+        return len(self._values)
+
+
 class Diagnosis(NamedTuple):
     r"""The noise scale of the run now and the predicted best configuration.
 
@@ -111,7 +154,8 @@ class Diagnosis(NamedTuple):
         R, K: the run's configuration.
         grad_sq_norm: $\widehat{\lVert G\rVert^2}$ used. variance: $V = (\sigma_B^2 + \sigma_W^2/K)/R$.
         noise_scale: $\mathcal B = V/\lVert G\rVert^2$ (``inf`` if $\widehat{\lVert G\rVert^2} \le 0$).
-        sigma_b2, sigma_w2, c_u, c_d, overhead: the inputs, from the accountant.
+        sigma_b2, sigma_w2, c_u, c_d, overhead: the inputs, from the accountant (a negative running
+            $\hat\sigma_B^2$ or $\hat\sigma_W^2$, which an unbiased estimate can be, counted as 0).
         best: the :class:`SpeedupPrediction` of largest predicted speed-up $S$.
     """
 
@@ -148,22 +192,26 @@ def _accountant_and_shape(source, R, K):
 
 
 def diagnose(source, grad_sq_norm: float, *, R: int | None = None, K: int | None = None,
-             overhead: float = 0.0, R_max: int = 64, K_max: int = 64) -> Diagnosis:
+             overhead: float = 0.0, c_u: float | None = None, R_max: int = 64, K_max: int = 64) -> Diagnosis:
     r"""The run's noise scale and the $(R', K')$ of largest predicted speed-up $S$ (:func:`best_speedup`).
 
     Args:
         source: a :class:`~carv_torch.guidance.CARVGuidance` (its accountant; ``R``, ``K`` default
             to its last call's) or an :class:`~carv_torch.accounting.Accountant`.
         grad_sq_norm: $\widehat{\lVert G\rVert^2}$ in the same (parameter) space as the probes'
-            components, e.g. :attr:`GradientMonitor.grad_sq_norm`.
+            components, e.g. :attr:`ProbeNormMonitor.grad_sq_norm` (or :attr:`GradientMonitor.grad_sq_norm`).
         overhead: a fixed per-step cost $c_0$ (seconds) outside $R(c_u + K c_d)$.
+        c_u: the per-sample upstream cost to use instead of the accountant's. The guidance times
+            $c_u$ between calls, so a fixed per-step cost there (DMD's fake-score updates) is in it
+            as $c_0/R$: pass ``c_u=acc.c_u - overhead / R`` with ``overhead`` to split the two.
     """
     accountant, R, K = _accountant_and_shape(source, R, K)
     sb, sw = float(accountant.sigma_b2), float(accountant.sigma_w2)
     if not (math.isfinite(sb) and math.isfinite(sw)):
         raise ValueError("the accountant has no variance components yet: they come from the guidance's "
                          "probes (K='auto' with params=...), after its warm-up")
-    c_u, c_d = float(accountant.c_u), float(accountant.c_d)
+    sb, sw = max(sb, 0.0), max(sw, 0.0)  # unbiased running estimates can fall below 0: as the K choice, count 0
+    c_u, c_d = float(accountant.c_u if c_u is None else c_u), float(accountant.c_d)
     if not (math.isfinite(c_u) and math.isfinite(c_d)):
         raise ValueError("the accountant has no measured costs yet (c_u, c_d are nan): run a few steps first")
     g = float(grad_sq_norm)

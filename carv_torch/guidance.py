@@ -82,7 +82,7 @@ from .breakpoints import as_sampler
 from .integrands import SDS, Objective
 from .objectives import GradientEstimate, draw_inner, estimate_from_draws
 from .control_variates import checked_upstream, correction_term, per_view_gradients, refresh_after_backward
-from .probes import SingleRenderProbe, checked_params, components_from_rows, row_vjps
+from .probes import SingleRenderProbe, checked_params, components_from_rows, row_vjps, sq_norm_of_mean
 from .estimator import variance_components
 from .guidance_config import SAMPLERS, GuidanceConfig, check_rgb, is_sampler, scheduled_value
 from .proposal_rules import PROPOSALS, as_proposal
@@ -98,6 +98,7 @@ class GuidanceStep(NamedTuple):
         K, min_step, max_step: this call's $K$ and integer step range.
         probe: the :class:`~carv_torch.estimator.VarianceComponents` a probe fed the accountant, or ``None``.
         decision: the :class:`~carv_torch.accounting.KDecision` made after this call, or ``None``.
+        grad_sq_norm: a parameter-space probe's unbiased $\lVert G\rVert^2$ from its i.i.d. rows (device tensor).
     """
 
     estimate: GradientEstimate
@@ -106,11 +107,11 @@ class GuidanceStep(NamedTuple):
     max_step: int
     probe: Any
     decision: Any
+    grad_sq_norm: Any = None
 
     def components(self):
-        r"""This step's ANOVA $\hat\sigma_B^2$, $\hat\sigma_W^2$ of $Y_{rk}$ in the teacher's input space
-        (computed on demand; ``None`` unless $B, K \ge 2$). A proxy for the parameter-space
-        components at best: see the module docstring."""
+        r"""This step's input-space ANOVA $\hat\sigma_B^2$, $\hat\sigma_W^2$ of $Y_{rk}$ (on demand; ``None`` unless
+        $B, K \ge 2$): a proxy for the parameter-space components at best (module docstring)."""
         R, K = self.estimate.values.shape[:2]
         return variance_components(self.estimate.values) if R >= 2 and K >= 2 else None
 
@@ -319,6 +320,7 @@ class CARVGuidance(nn.Module):
             inner_done = acc.marker()  # the probe's VJPs are not teacher cost
             control = table.table[cells].to(x.dtype) if probe and table is not None else None  # phi_{c_r}
             probed, u = self._probe(x, est, params, R, replicates, control) if probe else (None, None)
+            g2 = sq_norm_of_mean(u) if probed is not None and u is not None and replicates == 1 else None
             if table is not None:  # its correction, and (R >= 2) the per-view refresh values
                 cv_term, delta = correction_term(table, cells, params)
                 if R >= 2 and u is None:
@@ -363,7 +365,7 @@ class CARVGuidance(nn.Module):
         # Per-call state is plain data: written to __dict__ (no nn.Module.__setattr__ work).
         lo, hi = key
         self.__dict__.update(calls=self.calls + 1, probes=self.probes + (probed is not None),
-                             last=GuidanceStep(est, K, lo, hi, probed, decision),
+                             last=GuidanceStep(est, K, lo, hi, probed, decision, g2),
                              _last_stop=acc.marker())
         loss = est.loss if table is None else est.loss + cv_term
         loss = loss if world.size == 1 else loss * row_weight(world, rows)

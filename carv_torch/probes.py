@@ -26,8 +26,8 @@ import torch
 from ._validation import as_int, as_tensor, check_finite, describe
 from .estimator import VarianceComponents, _split_half
 
-__all__ = ["checked_params", "row_vjps", "components_from_rows", "parameter_space_components", "SingleRenderState", "single_render_update",
-           "SingleRenderProbe"]
+__all__ = ["checked_params", "row_vjps", "components_from_rows", "parameter_space_components",
+           "sq_norm_of_mean", "SingleRenderState", "single_render_update", "SingleRenderProbe"]
 
 
 def _vjp(x: torch.Tensor, params: list[torch.Tensor], grad_x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +73,17 @@ def row_vjps(x: torch.Tensor, values: torch.Tensor, params):
         u.append(_vjp(x, params, e))
     u.append(R * (v_a + v_b) / 2 - sum(u))  # the last row by linearity
     return v_a, v_b, torch.stack(u), h
+
+
+def sq_norm_of_mean(u: torch.Tensor) -> torch.Tensor:
+    r"""Unbiased $\lVert\mathbb E u\rVert^2 = \frac{\lVert\sum_r u_r\rVert^2 - \sum_r\lVert u_r\rVert^2}{R(R-1)}$ of i.i.d. rows ``(R, P)``, $R \ge 2$.
+
+    A 0-dim float64 tensor on ``u``'s device (no host read). On a probe's rows
+    $u_r = J_r^\top\bar Y_r$ this is $\lVert G\rVert^2$ at the step's own parameters.
+    """
+    v = u.to(torch.float64)
+    total = v.sum(0)
+    return (total @ total - (v * v).sum()) / (v.shape[0] * (v.shape[0] - 1))
 
 
 def components_from_rows(v_a, v_b, u, h: int, *, replicates: int = 1, control=None) -> VarianceComponents:
