@@ -28,13 +28,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
+from ..measure import mean_interval, median_interval
 from .end_to_end import time_to_reach
 
 __all__ = ["METRICS", "LEVELS", "CRITERIA", "TARGET_FRACTION", "cut_at", "final_value", "time_average",
            "reach_fraction", "run_metrics", "attach_metrics", "tuning_scores", "choose_rate", "mean_interval",
            "median_interval", "summarise", "clean"]
+
 
 METRICS = {"psnr": 2, "iou": 3}
 """Quality columns of a :class:`.pipeline.Run` curve ``(seconds, step, psnr, iou, prob)``."""
@@ -131,28 +132,6 @@ def tuning_scores(runs: list[dict], criterion: str) -> dict:
 def choose_rate(scores: dict) -> dict:
     """``{method: factor}``: the factor with the largest mean score (the first listed among ties)."""
     return {m: float(max(by, key=lambda f: by[f]["mean"])) for m, by in scores.items()}
-
-
-def mean_interval(x, level: float = 0.95) -> dict:
-    r"""``{mean, lo, hi, n}``: $\bar x \pm t_{(1+\mathrm{level})/2,\,n-1}\,s/\sqrt n$ (``nan`` ends for $n < 2$)."""
-    x = np.asarray(x, float)
-    if x.size == 0:
-        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
-    half = float(stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)) \
-        if x.size > 1 else math.nan
-    return {"mean": float(x.mean()), "lo": float(x.mean() - half), "hi": float(x.mean() + half), "n": int(x.size)}
-
-
-def median_interval(x, rng: np.random.Generator, *, level: float = 0.95, resamples: int = 2000) -> dict:
-    """``{median, lo, hi, n, reached}`` of censored fractions (``inf`` = never; ``nan`` = no level, dropped)."""
-    x = np.asarray(x, float)
-    x = x[~np.isnan(x)]
-    if x.size == 0:
-        return {"median": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "reached": 0}
-    meds = np.median(rng.choice(x, size=(resamples, x.size), replace=True), axis=1)
-    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
-    return {"median": float(np.median(x)), "lo": float(lo), "hi": float(hi), "n": int(x.size),
-            "reached": int(np.isfinite(x).sum())}
 
 
 def _target(reach: dict) -> dict:

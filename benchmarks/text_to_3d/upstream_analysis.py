@@ -27,32 +27,12 @@ import numpy as np
 
 from carv_core import ecm, k_star, predict, reuse_ceiling
 
-from ..measure import ecm_estimate
+from ..measure import bootstrap_ci, ecm_estimate, mean_se
 from .variance import ecm_vs_ratio
 
 __all__ = ["mean_se", "bootstrap_ci", "records", "cfg_components", "attainable", "summarise"]
 
 Z95 = 1.959963984540054
-
-
-def mean_se(x) -> tuple[float, float]:
-    """Mean and standard error $s/\\sqrt n$ of a sample (SE ``nan`` for $n < 2$)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("mean_se needs a non-empty sample")
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else float("nan")
-
-
-def bootstrap_ci(samples, stat, *, rng: np.random.Generator, n_boot: int = 2000, level: float = 0.95):
-    r"""Percentile interval of ``stat(*resampled)``; each array of ``samples`` is resampled along axis 0 on its own."""
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    arrays = [np.asarray(s, dtype=np.float64) for s in samples]
-    vals = np.array([stat(*(a[rng.integers(0, len(a), len(a))] for a in arrays)) for _ in range(n_boot)])
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return [float("nan"), float("nan")]
-    return [float(np.quantile(vals, (1 - level) / 2)), float(np.quantile(vals, (1 + level) / 2))]
 
 
 def _pooled(rows_sb: list[np.ndarray]):
