@@ -24,7 +24,8 @@ from carv_torch import DiffusersTeacher
 from ..denoising import denoising_loss
 from .mixture import Mixture, sample
 
-__all__ = ["T_STAR", "make_scheduler", "make_unet", "pretrain", "OneStepGenerator", "fake_teacher"]
+__all__ = ["T_STAR", "make_scheduler", "make_unet", "pretrain", "OneStepGenerator", "fake_teacher",
+           "frozen_teacher"]
 
 #: The generator's fixed noise level: $\bar\alpha_{500} \approx 0.08$ ($\alpha \approx 0.28$) on the
 #: linear schedule, so $z \sim \mathcal N(0, I)$ is close to the law of $x_{t^\star}$ and $1/\alpha$
@@ -83,6 +84,12 @@ class OneStepGenerator(torch.nn.Module):
 def fake_teacher(unet, scheduler) -> DiffusersTeacher:
     """The fake score: a trainable copy of ``unet`` behind the library's teacher protocol."""
     return DiffusersTeacher(copy.deepcopy(unet), scheduler, max_batch_size=4096, check_finite=False)
+
+
+def frozen_teacher(unet, scheduler) -> DiffusersTeacher:
+    """The trained denoiser as the *real* score: a frozen copy (no gradients, eval mode)."""
+    frozen = copy.deepcopy(unet).eval().requires_grad_(False)
+    return DiffusersTeacher(frozen, scheduler, max_batch_size=4096, check_finite=False)
 
 
 def fake_update(fake: DiffusersTeacher, opt, x0: torch.Tensor, generator: torch.Generator) -> float:

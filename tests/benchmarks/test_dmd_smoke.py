@@ -73,28 +73,122 @@ def test_measure_arms_trace_cov_is_the_sample_variance(mix):
 def test_run_study_smoke(tmp_path):
     study.run_study("smoke", tmp_path, threads=1, docs=False, progress=False)
     saved = json.loads((tmp_path / "study.json").read_text())
-    assert saved["size"] == "smoke" and len(saved["checkpoints"]) == 3
-    for c in saved["checkpoints"]:
-        names = [a["name"] for a in c["arms"]]
-        assert names[0] == "(8, 1) iid" and "(8, 16) stratified" in names
-        assert c["arms"][0]["variance_ratio"] == 1.0
-        assert all(a["variance_ratio"] > 0 and a["trace_cov"] > 0 for a in c["arms"])
-        assert set(c["quality"]) >= {"mean_log_p", "mode_tv"}
-    assert saved["R_eq"] >= 9
-    e2e = saved["end_to_end"]
-    base = [r for r in e2e["runs"] if r["arm"] == "(8, 1) iid"]
-    other = [r for r in e2e["runs"] if r["arm"] != "(8, 1) iid"]
-    assert len(base) == 2 and len(other) == 4 and all(r["steps"] == 2 for r in base)
-    costs = e2e["step_costs"]
-    for r in e2e["runs"]:   # equal compute: steps x (interleaved) step cost = the baseline's 2 steps
-        assert r["steps"] == e2e["steps"][r["arm"]] == max(1, round(2 * costs["(8, 1) iid"] / costs[r["arm"]]))
-        assert r["curve"][-1]["seconds"] == pytest.approx(r["steps"] * costs[r["arm"]])
-    assert set(e2e["summary"]["(8, 16) stratified"]["frechet"]) >= {"mean", "diff", "diff_lo", "diff_hi"}
-    assert len(e2e["predicted"]) == 3 and set(e2e["measured"]) == {"mean_log_p", "mode_tv", "frechet", "sliced_w"}
-    assert set(saved["ablation"]) == {"1"}
+    assert saved["size"] == "smoke" and set(saved["teachers"]) == {"exact", "unet"}
+    for name, part in saved["teachers"].items():
+        assert len(part["checkpoints"]) == (3 if name == "exact" else 2)   # unet: step 0 is G = 0, skipped
+        for c in part["checkpoints"]:
+            names = [a["name"] for a in c["arms"]]
+            assert names[0] == "(8, 1) iid" and "(8, 16) stratified" in names
+            assert c["arms"][0]["variance_ratio"] == 1.0
+            assert all(a["variance_ratio"] > 0 and a["trace_cov"] > 0 for a in c["arms"])
+            assert set(c["quality"]) >= {"mean_log_p", "mode_tv", "fid"}
+        assert part["R_eq"] >= 9
+        e2e = part["end_to_end"]
+        base = [r for r in e2e["runs"] if r["arm"] == "(8, 1) iid"]
+        assert len(base) == 2 and all(r["steps"] == 2 for r in base)
+        costs = e2e["step_costs"]
+        for r in e2e["runs"]:
+            if "K" in r:        # K="auto": the baseline's compute in its own seconds
+                assert r["train_seconds"] >= e2e["seconds_budget"] and len(r["K"]) == r["steps"]
+                assert all(2 <= k <= 64 for k in r["K"])
+                continue        # equal compute: steps x (interleaved) step cost = the baseline's 2 steps
+            assert r["steps"] == e2e["steps"][r["arm"]] == max(1, round(2 * costs["(8, 1) iid"] / costs[r["arm"]]))
+            assert r["curve"][-1]["seconds"] == pytest.approx(r["steps"] * costs[r["arm"]])
+            lo, hi = r["final_ci"]["fid"]
+            assert lo <= hi and "final_boot" not in r
+        strat = e2e["summary"]["(8, 16) stratified"]["fid"]
+        assert set(strat) >= {"mean", "boot_lo", "boot_hi", "diff", "diff_lo", "diff_hi"}
+        assert len(e2e["predicted"]) == len(part["checkpoints"])
+        assert set(e2e["measured"]["(8, 16) stratified"]) == {"mean_log_p", "mode_tv", "frechet", "sliced_w", "fid"}
+    assert any("K" in r for r in saved["teachers"]["exact"]["end_to_end"]["runs"])
+    assert set(saved["ablation"]) == {"1"} and saved["classifier"]["test_accuracy"] > 0.5
     page = study.write_page.__globals__["render_page"](saved)
     assert "variance ratio over (8, 1)" in page and "python -m benchmarks.dmd.study" in page
-    assert "End to end: quality at equal compute" in page and "Ratio 1:" in page
+    assert "End to end: quality at equal compute" in page and "Ratio 1:" in page and "real score: trained UNet" in page
+    from benchmarks.dmd.figures import write_figures
+
+    paths = write_figures(saved, tmp_path / "figures")
+    assert [p.name for p in paths] == ["dmd-variance_ratio.png", "dmd-quality_exact.png", "dmd-quality_unet.png",
+                                       "dmd-ablation.png"] and all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_the_trained_real_score_starts_equal_to_the_fake(mix):
+    """With the denoiser as both real and fake score, step 0's DMD gradient is exactly 0 (so no checkpoint there)."""
+    from benchmarks.dmd.distill import generator_gradient
+    from benchmarks.dmd.networks import frozen_teacher
+
+    sched = make_scheduler()
+    unet = make_unet()
+    gen, real, fake = OneStepGenerator(unet, sched.alphas_cumprod.double()), frozen_teacher(unet, sched), \
+        fake_teacher(unet, sched)
+    assert not any(p.requires_grad for p in real.unet.parameters())
+    arm = Arm("a", 3, 4, "stratified")
+    est = generator_gradient(gen, real, fake, arm, sampler_for(arm, 1000), generator=torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(est.grad) == 0
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in gen.parameters())
+
+
+def test_auto_k_arm_runs_the_guidance_and_reports_its_k(mix):
+    from benchmarks.dmd.distill import DistillSettings, distill
+
+    sched = make_scheduler()
+    abar = sched.alphas_cumprod.double()
+    unet = make_unet()
+    gen, real, fake = OneStepGenerator(unet, abar), mixture.real_teacher(mix, abar), fake_teacher(unet, sched)
+    run = distill(gen, real, fake, Arm("auto", 4, "auto", "stratified"), None,
+                  settings=DistillSettings(fake_ratio=1, fake_batch=8), steps=14, seed=0)
+    assert len(run["K"]) == 14 and run["K"][0] == 4          # k_init, until the first decision
+    assert all(2 <= k <= 64 for k in run["K"])
+
+
+def test_auto_k_records_the_librarys_diagnostic_from_its_probes(mix):
+    """The recorded |G|^2 is the mean of the last probes' values; c_u has the fixed overhead taken out."""
+    import carv_core
+    from benchmarks.dmd.distill import AutoK
+
+    sched = make_scheduler()
+    abar = sched.alphas_cumprod.double()
+    unet = make_unet()
+    gen, real, fake = OneStepGenerator(unet, abar), mixture.real_teacher(mix, abar), fake_teacher(unet, sched)
+    auto = AutoK(real, fake, gen, Arm("auto", 3, "auto", "stratified"), seed=0, probe_every=2, diagnose_every=6)
+    g, probes = torch.Generator().manual_seed(1), []
+    for _ in range(12):
+        gen.zero_grad(set_to_none=True)
+        auto.overheads.append(0.01)
+        auto(gen, g)
+        if auto.guidance.last.grad_sq_norm is not None:
+            probes.append(float(auto.guidance.last.grad_sq_norm))
+    assert len(probes) == 6 and [d["step"] for d in auto.diagnoses] == [6, 12]
+    d = auto.diagnoses[-1]
+    assert d["grad_sq_norm"] == pytest.approx(np.mean(probes[-4:]), rel=1e-12)       # window 4
+    acc = auto.guidance.accountant
+    assert d["overhead"] == 0.01 and d["c_u"] == pytest.approx(max(acc.c_u - 0.01 / 3, 1e-9))
+    v1 = carv_core.predicted_variance(3, 1, d["sigma_b2"], d["sigma_w2"])
+    assert d["noise_scale"] == pytest.approx(v1 / d["grad_sq_norm"] if d["grad_sq_norm"] > 0 else math.inf)
+
+
+def test_bootstrap_replicates_are_the_metrics_of_resampled_samples(mix):
+    """Replicate b of mean_log_p is the mean exact log p* over the b-th resample of the same generated samples."""
+    from benchmarks.dmd.quality import QualityMeter
+
+    class Fixed(torch.nn.Module):
+        def forward(self, z):
+            return mixture.sample(mix, z.shape[0], torch.Generator().manual_seed(5))[0]
+
+    n, g = 200, torch.Generator().manual_seed(4)
+    q = QualityMeter(mix, n)(Fixed(), g, boot=3)
+    x = Fixed()(torch.zeros(n))
+    lp, _ = mixture.log_prob(mix, x)
+    # Replay the meter's draws: z, the reference sample, the projection seed, then the resamples.
+    g2 = torch.Generator().manual_seed(4)
+    torch.randn(n, 1, 8, 8, generator=g2)
+    mixture.sample(mix, n, g2)
+    torch.randint(0, 2**31 - 1, (1,), generator=g2)
+    want = [float(lp[torch.randint(0, n, (n,), generator=g2)].mean()) for _ in range(3)]
+    assert q["boot"]["mean_log_p"] == pytest.approx(want, rel=1e-12)
+    assert q["mean_log_p"] == pytest.approx(float(lp.mean()), rel=1e-12)
+    assert len(q["boot"]["sliced_w"]) == 3 and "fid" not in q
+
 
 
 def test_frechet_of_diagonal_gaussians_is_the_closed_form():

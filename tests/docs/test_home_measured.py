@@ -50,10 +50,12 @@ def test_built_home_page_shows_the_committed_results(built_site, repo_root):
     assert f"{study['costs']['ratio']:.1f}" in text
     assert f"{max(r['ratio'] for r in overhead['rows']):.3f}" in text
     assert "paper" in text and "measured here" in text
-    dmd = json.loads(measured.DMD.read_text())
+    dmd = json.loads(measured.DMD.read_text())["teachers"]["exact"]
     for c in dmd["checkpoints"]:
         a = next(a for a in c["arms"] if a["name"] == "(8, 16) stratified")
         assert f"step {c['step']}:" in text and f"{a['variance_ratio']:.1f} ± {a['variance_ratio_se']:.1f}×" in text
+    fid = dmd["end_to_end"]["summary"]["(8, 16) stratified"]["fid"]
+    assert f"FID Δ {fid['diff']:+.3g} [{fid['diff_lo']:+.3g}, {fid['diff_hi']:+.3g}]" in text
 
 
 def test_table_follows_the_json(tmp_path, repo_root):
@@ -66,7 +68,7 @@ def test_table_follows_the_json(tmp_path, repo_root):
     out = measured.render(changed, measured.OVERHEAD)
     assert "123.4" in out and "9.87" in out
     dmd = json.loads(measured.DMD.read_text())
-    dmd["checkpoints"][0]["arms"][2]["variance_ratio"] = 77.7
+    dmd["teachers"]["exact"]["checkpoints"][0]["arms"][2]["variance_ratio"] = 77.7
     changed_dmd = tmp_path / "dmd.json"
     changed_dmd.write_text(json.dumps(dmd))
     assert "77.7" in measured.render(measured.STUDY, measured.OVERHEAD, changed_dmd)
