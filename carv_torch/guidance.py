@@ -19,8 +19,7 @@ Per call:
 2. $q$ from the :class:`~carv_torch.proposal_rules.Proposal` (``"uniform"``, ``"weight"`` $\propto p\,w$,
    ``"adaptive"``, an oracle or fixed table, or a user's rule), fixed before the draw and
    updated after it (every step stays unbiased);
-3. $t = F_q^{-1}(u)$ with $u$ from the config's **design** (:mod:`carv_core.designs`; a name or an
-   object), or a full user **sampler** (a design and a transform, run as certified);
+3. $t = F_q^{-1}(u)$, $u$ from the config's **design** (:mod:`carv_core.designs`) or a certified user **sampler**;
 4. $K$ fixed, or (``K="auto"``) the :class:`~carv_torch.accounting.Accountant`'s choice.
 
 **Host reads.** With value validation off (:func:`carv_torch.set_validate_args`), a
@@ -53,7 +52,6 @@ replicate means, ``variance`` is ``nan``. ``control_variate=table, cells=c``: th
 measure $J^\top g - \phi_c$, and the table is refreshed with the step's per-view gradients
 (at $B = 1$ from its backward; at $B \ge 2$ by $B$ extra VJPs, reused on probe calls). So
 ``K="auto"`` is chosen for the estimator actually run. The table is the caller's to checkpoint.
-
 Checkpoints: ``state_dict()`` holds a versioned checkpoint (:mod:`carv_torch.checkpoints`:
 format, $T$, config, counters, the proposal's state, the probe window, the accountant, the
 generator); ``load_state_dict`` validates all of it before changing anything and resumes

@@ -44,14 +44,14 @@ def frechet_to_p_star(x: np.ndarray, mix: Mixture) -> float:
     return frechet(x.mean(0), np.cov(x.T), *mean_and_cov(mix))
 
 
-def _metrics(x, lp, comp, Y, mix: Mixture, seed: int, fid) -> dict:
+def _metrics(x, lp, comp, Y, mix: Mixture, moments, seed: int, fid) -> dict:
     import ot
 
     n = x.shape[0]
     hist = torch.bincount(comp, minlength=mix.weights.shape[0]).double() / n
     X = x.reshape(n, -1).double().numpy()
     out = {"mean_log_p": float(lp.mean()), "mode_tv": float(0.5 * (hist - mix.weights).abs().sum()),
-           "frechet": frechet_to_p_star(X, mix),
+           "frechet": frechet(X.mean(0), np.cov(X.T), *moments),
            "sliced_w": float(ot.sliced_wasserstein_distance(X, Y, n_projections=128, seed=seed))}
     if fid is not None:
         out["fid"] = float(fid(x))
@@ -69,6 +69,7 @@ class QualityMeter:
         if int(n) < 2:
             raise ValueError(f"n must be an integer >= 2 (samples per evaluation), got {n!r}")
         self.mix, self.n, self.fid = mix, int(n), fid
+        self.moments = mean_and_cov(mix)   # p*'s exact moments, once (every replicate's Fréchet uses them)
 
     def __call__(self, gen_model, generator: torch.Generator, *, boot: int = 0) -> dict:
         """The metrics (and ``p_star_mean_log_p``); with ``boot`` > 0, ``boot`` replicates of each under ``"boot"``."""
@@ -81,13 +82,13 @@ class QualityMeter:
         ref_lp, _ = log_prob(mix, ref)
         Y = ref.reshape(n, -1).double().numpy()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        out = _metrics(x, lp, comp, Y, mix, seed, self.fid)
+        out = _metrics(x, lp, comp, Y, mix, self.moments, seed, self.fid)
         out.update(mean_log_p_se=float(lp.std() / n ** 0.5), p_star_mean_log_p=float(ref_lp.mean()))
         if boot:
             reps = []
             for _ in range(int(boot)):
                 i = torch.randint(0, n, (n,), generator=generator)
-                reps.append(_metrics(x[i], lp[i], comp[i], Y, mix, seed, self.fid))
+                reps.append(_metrics(x[i], lp[i], comp[i], Y, mix, self.moments, seed, self.fid))
             out["boot"] = {m: [r[m] for r in reps] for m in reps[0]}
         return out
 

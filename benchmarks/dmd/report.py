@@ -6,11 +6,11 @@ import statistics
 from pathlib import Path
 
 from .figures import NAMES, TEACHER_TITLES
+from .quality import METRICS
 
 __all__ = ["render_page", "write_page", "within_share", "diagnostic_table"]
 
 TARGET = 16.0   # the bar for (8, 16) stratified over (8, 1) at equal R; published 982 / 30.7 = 32
-BETTER = {"mean_log_p": 1.0, "mode_tv": -1.0, "frechet": -1.0, "sliced_w": -1.0, "fid": -1.0}
 
 
 def _arm(c: dict, name: str) -> dict:
@@ -79,7 +79,7 @@ def _verdict(summary: dict) -> str:
     for arm, by_m in summary.items():
         for m, e in by_m.items():
             if "diff" in e and (e["diff_lo"] > 0 or e["diff_hi"] < 0):
-                found.append(f"{arm} {'better' if BETTER[m] * e['diff'] > 0 else 'worse'} on {NAMES[m]}")
+                found.append(f"{arm} {'better' if (e['diff'] > 0) == METRICS[m] else 'worse'} on {NAMES[m]}")
     if not found:
         return ("No arm's final quality differs from the baseline's beyond its 95 % paired interval on any metric: "
                 "at equal compute the lower-variance estimators bring no measurable quality gain here.")
